@@ -1,0 +1,118 @@
+//! Counters behind `.cache-stats`: lock-free, bumped from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug)]
+pub struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub etag_validations: AtomicU64,
+    pub etag_mismatches: AtomicU64,
+    /// Cached copies served because validation failed for a transient reason.
+    pub stale_served: AtomicU64,
+    /// Cache files whose bytes no longer matched their checksum.
+    pub corruptions: AtomicU64,
+    pub bytes_from_s3: AtomicU64,
+    pub bytes_from_cache: AtomicU64,
+    pub downloads_in_flight: AtomicU64,
+    pub errors: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            expirations: AtomicU64::new(0),
+            etag_validations: AtomicU64::new(0),
+            etag_mismatches: AtomicU64::new(0),
+            stale_served: AtomicU64::new(0),
+            corruptions: AtomicU64::new(0),
+            bytes_from_s3: AtomicU64::new(0),
+            bytes_from_cache: AtomicU64::new(0),
+            downloads_in_flight: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The document `.cache-stats` shows (field names are a contract: DESIGN.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub enabled: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+    pub entry_count: u64,
+    pub total_size: u64,
+    pub max_size: u64,
+    pub max_entries: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub etag_validations: u64,
+    pub etag_mismatches: u64,
+    pub stale_served: u64,
+    pub corruptions: u64,
+    pub bytes_from_s3: u64,
+    pub bytes_from_cache: u64,
+    pub downloads_in_flight: u64,
+    pub errors: u64,
+    pub uptime_seconds: u64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(
+        &self,
+        enabled: bool,
+        entry_count: u64,
+        total_size: u64,
+        max_size: u64,
+        max_entries: u64,
+    ) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let hits = get(&self.hits);
+        let misses = get(&self.misses);
+        let lookups = hits + misses;
+        StatsSnapshot {
+            enabled,
+            hits,
+            misses,
+            hit_rate: if lookups == 0 {
+                0.0
+            } else {
+                (hits as f64 / lookups as f64 * 10_000.0).round() / 10_000.0
+            },
+            entry_count,
+            total_size,
+            max_size,
+            max_entries,
+            evictions: get(&self.evictions),
+            expirations: get(&self.expirations),
+            etag_validations: get(&self.etag_validations),
+            etag_mismatches: get(&self.etag_mismatches),
+            stale_served: get(&self.stale_served),
+            corruptions: get(&self.corruptions),
+            bytes_from_s3: get(&self.bytes_from_s3),
+            bytes_from_cache: get(&self.bytes_from_cache),
+            downloads_in_flight: get(&self.downloads_in_flight),
+            errors: get(&self.errors),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+}

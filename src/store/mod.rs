@@ -1,0 +1,102 @@
+//! The object store seam: everything above this module talks to S3 through the
+//! [`ObjectStore`] trait, so the cache and the filesystem never see the AWS SDK and a
+//! second cache tier (or an in-memory store in unit tests) can slot in here.
+
+mod memory;
+mod s3;
+
+pub use memory::MemoryStore;
+pub use s3::{S3Options, S3Store};
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+/// Errors of the store layer, small on purpose: callers decide by kind, not by text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// The object's ETag is no longer the one asked for (`If-Match` failed).
+    #[error("object changed (ETag no longer matches): {0}")]
+    PreconditionFailed(String),
+    /// 429 / 503 SlowDown after the SDK's own retries.
+    #[error("throttled by the server: {0}")]
+    Throttled(String),
+    /// Network trouble, timeouts, 5xx: worth trying again later.
+    #[error("transient error: {0}")]
+    Transient(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True for failures that say nothing about the object itself (stale-if-error applies).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Throttled(_) | StoreError::Transient(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One object as seen by HEAD or LIST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Quoted as the server sent it, e.g. `"9e107d9d372bb6826bd81d3542a419d6"`. LIST results
+    /// from some servers carry none, so it is optional here; HEAD always fills it.
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page-merged listing: objects directly under the prefix and the common prefixes
+/// ("subdirectories") when a delimiter was given.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub objects: Vec<ObjectMeta>,
+    pub prefixes: Vec<String>,
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = StoreResult<Bytes>> + Send>>;
+
+/// The answer to a (ranged) GET: the version it came from and the body, streamed.
+pub struct GetObject {
+    pub etag: String,
+    /// Size of the whole object (not of the range).
+    pub object_size: u64,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for GetObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetObject")
+            .field("etag", &self.etag)
+            .field("object_size", &self.object_size)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn list_buckets(&self) -> StoreResult<Vec<String>>;
+    /// Every page of ListObjectsV2 under `prefix`, merged.
+    async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>)
+    -> StoreResult<Listing>;
+    async fn head(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta>;
+    /// GET of `range` (the whole object when `None`), failing with
+    /// [`StoreError::PreconditionFailed`] when `if_match` no longer matches.
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> StoreResult<GetObject>;
+}
