@@ -9,7 +9,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_smithy_types::date_time::DateTime as SmithyDateTime;
 
@@ -30,6 +30,9 @@ pub struct S3Options {
     pub connect_timeout: Duration,
     /// Time allowed for one attempt up to the response headers.
     pub attempt_timeout: Duration,
+    /// Fixed (access key, secret key), bypassing the environment and profile files
+    /// entirely. For tests and embedding; the command line never sets it.
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl Default for S3Options {
@@ -42,6 +45,7 @@ impl Default for S3Options {
             max_attempts: 5,
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(30),
+            static_credentials: None,
         }
     }
 }
@@ -53,20 +57,23 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn new(opts: &S3Options) -> S3Store {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(profile) = &opts.profile {
-            loader = loader.profile_name(profile);
-        }
-        let region = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
-            .or_default_provider()
-            // S3-compatible servers rarely care, but the SDK refuses to sign without one.
-            .or_else(Region::new("us-east-1"));
-        loader = loader.region(region);
-        if let Some(url) = &opts.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let shared = loader.load().await;
-        let conf = aws_sdk_s3::config::Builder::from(&shared)
+        let builder = match &opts.static_credentials {
+            Some((ak, sk)) => {
+                // Nothing from the caller's environment: no profile, no metadata service.
+                let mut b = aws_sdk_s3::config::Builder::new()
+                    .behavior_version(BehaviorVersion::latest())
+                    .credentials_provider(Credentials::new(ak, sk, None, None, "static"))
+                    .region(Region::new(
+                        opts.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                    ));
+                if let Some(url) = &opts.endpoint_url {
+                    b = b.endpoint_url(url);
+                }
+                b
+            }
+            None => aws_sdk_s3::config::Builder::from(&Self::load_shared(opts).await),
+        };
+        let conf = builder
             .force_path_style(opts.force_path_style)
             // Non-AWS servers reject or mangle the newer default checksums; we verify
             // bodies ourselves (size, MD5 ETag, our own checksum).
@@ -83,6 +90,23 @@ impl S3Store {
         S3Store {
             client: Client::from_conf(conf),
         }
+    }
+
+    /// The SDK's normal chain: environment, profile files, SSO, instance metadata.
+    async fn load_shared(opts: &S3Options) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(profile) = &opts.profile {
+            loader = loader.profile_name(profile);
+        }
+        let region = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
+            .or_default_provider()
+            // S3-compatible servers rarely care, but the SDK refuses to sign without one.
+            .or_else(Region::new("us-east-1"));
+        loader = loader.region(region);
+        if let Some(url) = &opts.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        loader.load().await
     }
 }
 
