@@ -1,1 +1,235 @@
-//! placeholder
+//! Validated settings: what `cli.rs` parses from flags and the environment ends up here,
+//! checked, with defaults in one place. A bad value is an error naming the flag or the
+//! environment variable it came from and the form expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cache::CacheConfig;
+use crate::store::S3Options;
+
+pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
+pub const DEFAULT_MAX_ENTRIES: u64 = 200;
+pub const DEFAULT_TTL_HOURS: f64 = 24.0;
+pub const DEFAULT_METADATA_TTL_SECS: f64 = 10.0;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for {setting}: expected {expected}")]
+    Invalid {
+        /// `--flag` or `ENV_VAR`, whichever the value came from.
+        setting: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the mount shows at its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Every bucket the credentials can list, one directory each.
+    AllBuckets,
+    /// One bucket, or a prefix of it (always ending in `/` when not empty).
+    Bucket { bucket: String, prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct MountSettings {
+    pub mountpoint: PathBuf,
+    pub source: Source,
+    /// How long a listing or HEAD result is trusted.
+    pub metadata_ttl: Duration,
+    pub allow_other: bool,
+    pub foreground: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub fuse_threads: usize,
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mount: MountSettings,
+    pub s3: S3Options,
+    pub cache: CacheConfig,
+    /// 0 = info, 1 = debug, 2+ = trace.
+    pub verbosity: u8,
+}
+
+/// Names a setting for error messages: the flag or the environment variable the value
+/// came from.
+#[derive(Debug, Clone)]
+pub struct Origin(pub String);
+
+fn invalid(origin: &Origin, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        setting: origin.0.clone(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+pub fn parse_bool(origin: &Origin, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(origin, value, "true or false (also 1/0, yes/no, on/off)")),
+    }
+}
+
+pub fn parse_u64_in(
+    origin: &Origin,
+    value: &str,
+    min: u64,
+    max: u64,
+    what: &str,
+) -> Result<u64, ConfigError> {
+    let expected = format!("{what}: a whole number from {min} to {max}");
+    let n: u64 = value
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| invalid(origin, value, &expected))?;
+    if n < min || n > max {
+        return Err(invalid(origin, value, &expected));
+    }
+    Ok(n)
+}
+
+pub fn parse_f64_in(
+    origin: &Origin,
+    value: &str,
+    min: f64,
+    max: f64,
+    what: &str,
+) -> Result<f64, ConfigError> {
+    let expected = format!("{what}: a number from {min} to {max} (decimals allowed)");
+    let n: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(origin, value, &expected))?;
+    if !n.is_finite() || n < min || n > max {
+        return Err(invalid(origin, value, &expected));
+    }
+    Ok(n)
+}
+
+/// `0444`, `444` or `0o444`: permission bits only.
+pub fn parse_mode(origin: &Origin, value: &str) -> Result<u16, ConfigError> {
+    let v = value.trim();
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => Err(invalid(origin, value, "an octal mode from 000 to 777, e.g. 0444")),
+    }
+}
+
+/// `bucket` or `bucket/some/prefix`.
+pub fn parse_source(origin: &Origin, value: &str) -> Result<Source, ConfigError> {
+    let v = value.trim().trim_start_matches("s3://");
+    let (bucket, prefix) = v.split_once('/').unwrap_or((v, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_');
+    if !valid_bucket {
+        return Err(invalid(
+            origin,
+            value,
+            "a bucket name (3-63 characters: a-z 0-9 . - _), optionally followed by /prefix",
+        ));
+    }
+    let prefix = prefix.trim_matches('/');
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok(Source::Bucket {
+        bucket: bucket.to_string(),
+        prefix,
+    })
+}
+
+/// `$XDG_CACHE_HOME/s3cachefs`, else `~/.cache/s3cachefs`.
+pub fn default_cache_dir() -> Result<PathBuf, ConfigError> {
+    let from = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    if let Some(x) = from("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        return Ok(x.join("s3cachefs"));
+    }
+    if let Some(home) = from("HOME") {
+        return Ok(home.join(".cache").join("s3cachefs"));
+    }
+    Err(ConfigError::Other(
+        "cannot choose a cache directory: neither XDG_CACHE_HOME nor HOME is set; \
+         set CACHE_DIR or pass --cache-dir"
+            .into(),
+    ))
+}
+
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(s: &str) -> Origin {
+        Origin(s.into())
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_form() {
+        let e = parse_u64_in(&o("CACHE_MAX_SIZE_MB"), "abc", 1, 10, "megabytes").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("CACHE_MAX_SIZE_MB"), "{msg}");
+        assert!(msg.contains("\"abc\""), "{msg}");
+        assert!(msg.contains("whole number"), "{msg}");
+        assert!(parse_u64_in(&o("x"), "0", 1, 10, "n").is_err());
+        assert_eq!(parse_u64_in(&o("x"), " 10 ", 1, 10, "n"), Ok(10));
+    }
+
+    #[test]
+    fn bools_modes_and_floats() {
+        assert_eq!(parse_bool(&o("x"), "TRUE"), Ok(true));
+        assert_eq!(parse_bool(&o("x"), "off"), Ok(false));
+        assert!(parse_bool(&o("VERBOSE"), "maybe").is_err());
+        assert_eq!(parse_mode(&o("x"), "0444"), Ok(0o444));
+        assert_eq!(parse_mode(&o("x"), "755"), Ok(0o755));
+        assert!(parse_mode(&o("x"), "999").is_err());
+        assert!(parse_mode(&o("x"), "").is_err());
+        assert_eq!(parse_f64_in(&o("x"), "0.5", 0.0, 10.0, "h"), Ok(0.5));
+        assert!(parse_f64_in(&o("x"), "NaN", 0.0, 10.0, "h").is_err());
+        assert!(parse_f64_in(&o("x"), "-1", 0.0, 10.0, "h").is_err());
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            parse_source(&o("x"), "my-bucket/a/b/"),
+            Ok(Source::Bucket {
+                bucket: "my-bucket".into(),
+                prefix: "a/b/".into()
+            })
+        );
+        assert_eq!(
+            parse_source(&o("x"), "s3://my-bucket"),
+            Ok(Source::Bucket {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            })
+        );
+        assert!(parse_source(&o("--bucket"), "Bad Bucket").is_err());
+    }
+}

@@ -14,5 +14,9 @@
 //!   module that sees the AWS SDK.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
 pub mod store;

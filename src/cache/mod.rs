@@ -41,6 +41,11 @@ use db::{Batch, IndexDb};
 use layout::Layout;
 use stats::{add, bump};
 
+/// Counts an error seen by a layer above the cache (a failed open or read).
+pub fn bump_errors(cache: &Cache) {
+    bump(&cache.inner.stats.errors);
+}
+
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub enabled: bool,
@@ -441,6 +446,12 @@ impl Cache {
                 }
             },
         }
+    }
+
+    /// Opens the object for reading straight from S3, bypassing the cache (`O_DIRECT`).
+    pub async fn open_uncached(&self, bucket: &str, key: &str) -> Result<ObjectHandle, CacheError> {
+        let meta = self.inner.store.head(bucket, key).await?;
+        Ok(self.direct(bucket, key, &meta))
     }
 
     fn direct(&self, bucket: &str, key: &str, meta: &ObjectMeta) -> ObjectHandle {

@@ -62,6 +62,14 @@ impl ObjectStore for MemoryStore {
         Ok(names)
     }
 
+    async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+        if self.objects.lock().keys().any(|(b, _)| b == bucket) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(format!("s3://{bucket}")))
+        }
+    }
+
     async fn list(
         &self,
         bucket: &str,

@@ -86,6 +86,8 @@ impl std::fmt::Debug for GetObject {
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     async fn list_buckets(&self) -> StoreResult<Vec<String>>;
+    /// Succeeds when the bucket exists and the credentials may use it.
+    async fn head_bucket(&self, bucket: &str) -> StoreResult<()>;
     /// Every page of ListObjectsV2 under `prefix`, merged.
     async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>)
     -> StoreResult<Listing>;

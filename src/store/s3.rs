@@ -162,6 +162,16 @@ impl ObjectStore for S3Store {
         Ok(names)
     }
 
+    async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| map_err(e, &format!("s3://{bucket}")))?;
+        Ok(())
+    }
+
     async fn list(
         &self,
         bucket: &str,

@@ -6,3 +6,4 @@ mod s3server;
 
 mod cache_engine;
 mod common;
+mod mount;

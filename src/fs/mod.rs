@@ -1,0 +1,445 @@
+//! Filesystem logic with no FUSE types: the inode table, directory listings from S3,
+//! open handles reading through the cache, the virtual `.cache-stats` file, and the one
+//! place errors become errno values. `fuse.rs` only translates kernel calls to these.
+//!
+//! Naming rules: a key is shown at the path its `/`-separated segments give. Segments
+//! that cannot be POSIX names (empty, `.`, `..`, over 255 bytes, containing NUL) are
+//! skipped with one warning each. When both `a` (an object) and `a/...` (a prefix)
+//! exist, the directory wins and the object is hidden (one warning).
+
+mod error;
+mod inode;
+
+pub use error::FsError;
+pub use inode::{Attr, Kind};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tracing::{debug, warn};
+
+use crate::cache::{Cache, ObjectHandle};
+use crate::config::Source;
+use crate::store::ObjectMeta;
+use inode::{InodeTable, Node, NodeData};
+
+pub const ROOT_INO: u64 = 1;
+pub const STATS_INO: u64 = 2;
+pub const STATS_NAME: &str = ".cache-stats";
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub source: Source,
+    pub metadata_ttl: Duration,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+}
+
+/// What `open` tells the kernel besides the handle.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub fh: u64,
+    /// Read through `read` every time (the stats file, whose size is not known ahead).
+    pub direct_io: bool,
+    /// The kernel may keep pages cached from an earlier open: same object version.
+    pub keep_cache: bool,
+    /// The local cache file holding the whole object, when there is one.
+    pub cache_file: Option<Arc<std::fs::File>>,
+}
+
+enum OpenFile {
+    Object(ObjectHandle),
+    Stats(Bytes),
+}
+
+/// One entry of a directory as `readdir` returns it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+pub struct S3Fs {
+    cfg: FsConfig,
+    cache: Cache,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    /// Keys already warned about, so each odd key is reported once.
+    warned: Mutex<HashSet<String>>,
+}
+
+impl S3Fs {
+    pub fn new(cfg: FsConfig, cache: Cache) -> S3Fs {
+        S3Fs {
+            inodes: Mutex::new(InodeTable::new(&cfg.source)),
+            cfg,
+            cache,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    pub fn attr_ttl(&self) -> Duration {
+        self.cfg.metadata_ttl
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.cfg.metadata_ttl
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if ino == STATS_INO {
+            return Ok(self.stats_attr(self.stats_json().len() as u64));
+        }
+        let inodes = self.inodes.lock();
+        let node = inodes.get(ino).ok_or(FsError::NotFound)?;
+        Ok(self.attr_of(ino, node))
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> Attr {
+        match &node.data {
+            NodeData::Dir { .. } => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: node.mtime,
+                perm: self.cfg.dir_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            },
+            NodeData::File { meta, .. } => Attr {
+                ino,
+                kind: Kind::File,
+                size: meta.size,
+                mtime: meta.last_modified.unwrap_or(node.mtime),
+                perm: self.cfg.file_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+            },
+        }
+    }
+
+    fn stats_attr(&self, size: u64) -> Attr {
+        Attr {
+            ino: STATS_INO,
+            kind: Kind::File,
+            size,
+            mtime: SystemTime::now(),
+            perm: 0o444 & self.cfg.file_mode | 0o400,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    /// The `.cache-stats` document, made fresh.
+    pub fn stats_json(&self) -> Bytes {
+        let mut s = serde_json::to_vec_pretty(&self.cache.stats()).unwrap_or_default();
+        s.push(b'\n');
+        Bytes::from(s)
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        if parent == ROOT_INO && name == STATS_NAME {
+            return self.getattr(STATS_INO);
+        }
+        let entries = self.listing(parent).await?;
+        let found = entries.iter().find(|e| e.name == name).map(|e| e.ino);
+        match found {
+            Some(ino) => self.getattr(ino),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// The children of a directory, listed again from S3 when older than the TTL.
+    async fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        let (bucket, prefix) = {
+            let inodes = self.inodes.lock();
+            let node = inodes.get(dir).ok_or(FsError::NotFound)?;
+            let NodeData::Dir {
+                bucket,
+                prefix,
+                children,
+            } = &node.data
+            else {
+                return Err(FsError::NotADirectory);
+            };
+            if let Some((at, entries)) = children {
+                if self.fresh(*at) {
+                    return Ok(entries.clone());
+                }
+            }
+            (bucket.clone(), prefix.clone())
+        };
+        let fetched_at = Instant::now();
+        let mut dirs: Vec<String> = Vec::new();
+        let mut files: Vec<(String, ObjectMeta)> = Vec::new();
+        match &bucket {
+            None => {
+                dirs = self.cache.store().list_buckets().await.map_err(FsError::from_store)?;
+            }
+            Some(b) => {
+                let listing = self
+                    .cache
+                    .store()
+                    .list(b, &prefix, Some("/"))
+                    .await
+                    .map_err(FsError::from_store)?;
+                for p in listing.prefixes {
+                    let name = p.strip_prefix(prefix.as_str()).unwrap_or(&p);
+                    let name = name.strip_suffix('/').unwrap_or(name);
+                    if self.valid_name(name, b, &p) {
+                        dirs.push(name.to_string());
+                    }
+                }
+                let dir_names: HashSet<&str> = dirs.iter().map(String::as_str).collect();
+                let mut taken = HashSet::new();
+                for o in listing.objects {
+                    let name = o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key);
+                    // "dir/" itself: a directory marker, not a file.
+                    if name.is_empty() {
+                        continue;
+                    }
+                    if !self.valid_name(name, b, &o.key) {
+                        continue;
+                    }
+                    if dir_names.contains(name) {
+                        self.warn_once(&o.key, || {
+                            warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden: a directory of the same name wins")
+                        });
+                        continue;
+                    }
+                    if bucket.is_some() && dir == ROOT_INO && name == STATS_NAME {
+                        self.warn_once(&o.key, || {
+                            warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden by the virtual .cache-stats file")
+                        });
+                        continue;
+                    }
+                    if taken.insert(name.to_string()) {
+                        files.push((name.to_string(), o));
+                    }
+                }
+            }
+        }
+        let entries = {
+            let mut inodes = self.inodes.lock();
+            let mut out = Vec::with_capacity(dirs.len() + files.len());
+            for name in dirs {
+                let (b, p) = match &bucket {
+                    None => (name.clone(), String::new()),
+                    Some(b) => (b.clone(), format!("{prefix}{name}/")),
+                };
+                let ino = inodes.dir_child(dir, &name, b, p);
+                out.push(DirEntry {
+                    ino,
+                    kind: Kind::Dir,
+                    name,
+                });
+            }
+            for (name, meta) in files {
+                let b = bucket.clone().unwrap_or_default();
+                let ino = inodes.file_child(dir, &name, b, meta, fetched_at);
+                out.push(DirEntry {
+                    ino,
+                    kind: Kind::File,
+                    name,
+                });
+            }
+            let out = Arc::new(out);
+            inodes.set_children(dir, fetched_at, out.clone());
+            out
+        };
+        debug!(dir, entries = entries.len(), "listed directory");
+        Ok(entries)
+    }
+
+    fn valid_name(&self, name: &str, bucket: &str, key: &str) -> bool {
+        let why = if name.is_empty() {
+            "an empty path segment"
+        } else if name == "." || name == ".." {
+            "a '.' or '..' segment"
+        } else if name.len() > 255 {
+            "a segment longer than 255 bytes"
+        } else if name.contains('\0') {
+            "a NUL byte"
+        } else {
+            return true;
+        };
+        self.warn_once(key, || {
+            warn!(key = %crate::cache::s3_url(bucket, key), "skipping key: {why} cannot be a file name")
+        });
+        false
+    }
+
+    fn warn_once(&self, key: &str, f: impl FnOnce()) {
+        if self.warned.lock().insert(key.to_string()) {
+            f();
+        }
+    }
+
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let children = self.listing(ino).await?;
+        let parent = self.inodes.lock().get(ino).map(|n| n.parent).unwrap_or(ROOT_INO);
+        let mut entries = Vec::with_capacity(children.len() + 3);
+        entries.push(DirEntry {
+            ino,
+            kind: Kind::Dir,
+            name: ".".into(),
+        });
+        entries.push(DirEntry {
+            ino: parent,
+            kind: Kind::Dir,
+            name: "..".into(),
+        });
+        if ino == ROOT_INO {
+            entries.push(DirEntry {
+                ino: STATS_INO,
+                kind: Kind::File,
+                name: STATS_NAME.into(),
+            });
+        }
+        entries.extend(children.iter().cloned());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// Entries from `offset` on (offsets index the snapshot taken at opendir, so they
+    /// stay valid however large the directory and whatever changes meanwhile).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        let _ = offset;
+        self.dirs.lock().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// `write` is true for any open that asks to write or truncate.
+    pub async fn open(&self, ino: u64, write: bool, direct: bool) -> Result<Opened, FsError> {
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if ino == STATS_INO {
+            self.files
+                .lock()
+                .insert(fh, OpenFile::Stats(self.stats_json()));
+            return Ok(Opened {
+                fh,
+                direct_io: true,
+                keep_cache: false,
+                cache_file: None,
+            });
+        }
+        let (bucket, key, known) = {
+            let inodes = self.inodes.lock();
+            let node = inodes.get(ino).ok_or(FsError::NotFound)?;
+            match &node.data {
+                NodeData::Dir { .. } => return Err(FsError::IsADirectory),
+                NodeData::File {
+                    bucket,
+                    key,
+                    meta,
+                    learned,
+                    ..
+                } => {
+                    let known = (meta.etag.is_some() && self.fresh(*learned)).then(|| meta.clone());
+                    (bucket.clone(), key.clone(), known)
+                }
+            }
+        };
+        let handle = if direct {
+            self.cache.open_uncached(&bucket, &key).await
+        } else {
+            self.cache.open_object(&bucket, &key, known).await
+        };
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                let err = FsError::from_cache(&e);
+                if matches!(err, FsError::NotFound) {
+                    self.inodes.lock().forget_listing_of(ino);
+                } else {
+                    warn!(url = %crate::cache::s3_url(&bucket, &key), error = %e, "open failed");
+                    crate::cache::bump_errors(&self.cache);
+                }
+                return Err(err);
+            }
+        };
+        debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
+        let keep_cache = self.inodes.lock().note_opened(
+            ino,
+            &handle.etag,
+            handle.size,
+            handle.file().is_some(),
+        );
+        let opened = Opened {
+            fh,
+            direct_io: false,
+            keep_cache,
+            cache_file: handle.file().cloned(),
+        };
+        self.files.lock().insert(fh, OpenFile::Object(handle));
+        Ok(opened)
+    }
+
+    /// Serves a read from a cache file or the stats snapshot without leaving the calling
+    /// thread; `None` means it needs S3 and must go through [`S3Fs::read`].
+    pub fn read_fast(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Bytes, FsError>> {
+        let files = self.files.lock();
+        match files.get(&fh) {
+            None => Some(Err(FsError::BadHandle)),
+            Some(OpenFile::Stats(b)) => Some(Ok(slice(b, offset, size))),
+            Some(OpenFile::Object(h)) if h.file().is_some() => {
+                let h = h.clone();
+                drop(files);
+                Some(h.read_cached(offset, size as usize).map_err(|e| FsError::from_cache(&e)))
+            }
+            Some(OpenFile::Object(_)) => None,
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        if let Some(r) = self.read_fast(fh, offset, size) {
+            return r;
+        }
+        let h = match self.files.lock().get(&fh) {
+            Some(OpenFile::Object(h)) => h.clone(),
+            _ => return Err(FsError::BadHandle),
+        };
+        h.read(offset, size as usize).await.map_err(|e| {
+            warn!(url = %crate::cache::s3_url(&h.bucket, &h.key), error = %e, "read failed");
+            crate::cache::bump_errors(&self.cache);
+            FsError::from_cache(&e)
+        })
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().remove(&fh);
+    }
+}
+
+fn slice(b: &Bytes, offset: u64, size: u32) -> Bytes {
+    let start = (offset as usize).min(b.len());
+    let end = start.saturating_add(size as usize).min(b.len());
+    b.slice(start..end)
+}

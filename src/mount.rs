@@ -1,0 +1,197 @@
+//! Putting a mount together: check the mountpoint, reach S3, open the cache, mount, serve
+//! until unmounted or signalled, close the cache cleanly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::cache::{Cache, CacheError, SystemClock};
+use crate::config::{Config, Source};
+use crate::fs::{FsConfig, S3Fs};
+use crate::fuse;
+use crate::store::{ObjectStore, S3Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0}")]
+    Mountpoint(String),
+    #[error("{0}")]
+    S3(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("mounting {path}: {source}")]
+    Fuse {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Checks that `path` can take a mount: an existing directory, not already mounted.
+pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(MountError::Mountpoint(format!(
+                "{shown} is a dead FUSE mount (transport endpoint is not connected); \
+                 run `s3cachefs unmount {shown}` first"
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MountError::Mountpoint(format!(
+                "{shown} does not exist; create it with `mkdir -p {shown}`"
+            )));
+        }
+        Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(MountError::Mountpoint(format!("{shown} is not a directory")));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if let Some(parent) = path.parent() {
+        if let Ok(pm) = std::fs::metadata(parent) {
+            if pm.dev() != meta.dev() && path != Path::new("/") {
+                return Err(MountError::Mountpoint(format!(
+                    "{shown} is busy: something is already mounted there"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Says what went wrong reaching S3 in words a user can act on.
+fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
+    let place = endpoint.unwrap_or("AWS S3");
+    MountError::S3(match e {
+        StoreError::AccessDenied(m) => format!(
+            "access denied to {what} ({m}); check the credentials (AWS_ACCESS_KEY_ID/\
+             AWS_SECRET_ACCESS_KEY, --profile) and their permissions"
+        ),
+        StoreError::NotFound(_) => format!("{what} does not exist at {place}"),
+        StoreError::Transient(m) | StoreError::Throttled(m) => {
+            format!("cannot reach {place} ({m}); check --endpoint-url, --region and the network")
+        }
+        StoreError::Other(m) if m.contains("credentials") || m.contains("Credentials") => format!(
+            "no usable AWS credentials ({m}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+             or use --profile with ~/.aws/credentials"
+        ),
+        other => format!("checking {what} at {place}: {other}"),
+    })
+}
+
+/// Mounts according to `cfg` and serves until unmounted or SIGINT/SIGTERM. `ready` is
+/// called once: with `Ok` when the mount is live, or with the error that stopped it.
+pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+    let mut ready = Some(ready);
+    let mut tell = |r: Result<(), String>| {
+        if let Some(f) = ready.take() {
+            f(r);
+        }
+    };
+    let result = run_inner(cfg, &mut tell);
+    if let Err(e) = &result {
+        tell(Err(e.to_string()));
+    }
+    result
+}
+
+fn run_inner(
+    cfg: Config,
+    tell: &mut impl FnMut(Result<(), String>),
+) -> Result<(), MountError> {
+    check_mountpoint(&cfg.mount.mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3cachefs")
+        .build()
+        .map_err(MountError::Runtime)?;
+    let (fs, cache) = rt.block_on(prepare(&cfg))?;
+    let mut mounted = fuse::mount(fs, rt.handle().clone(), &cfg.mount).map_err(|source| {
+        MountError::Fuse {
+            path: cfg.mount.mountpoint.display().to_string(),
+            source,
+        }
+    })?;
+    let mut unmounter = mounted.unmounter();
+    rt.spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: unmounting"),
+            _ = term.recv() => info!("SIGTERM: unmounting"),
+        }
+        if let Err(e) = unmounter.unmount() {
+            warn!(error = %e, "unmount failed");
+        }
+    });
+    tell(Ok(()));
+    let served = mounted.run();
+    if let Err(e) = cache.close() {
+        warn!(error = %e, "closing the cache");
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    info!("unmounted");
+    served.map_err(|source| MountError::Fuse {
+        path: cfg.mount.mountpoint.display().to_string(),
+        source,
+    })
+}
+
+async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
+    let store = Arc::new(S3Store::new(&cfg.s3).await);
+    let endpoint = cfg.s3.endpoint_url.as_deref();
+    match &cfg.mount.source {
+        Source::AllBuckets => {
+            let buckets = store
+                .list_buckets()
+                .await
+                .map_err(|e| explain(&e, "the bucket list", endpoint))?;
+            info!(buckets = buckets.len(), "credentials can list buckets");
+        }
+        Source::Bucket { bucket, .. } => {
+            store
+                .head_bucket(bucket)
+                .await
+                .map_err(|e| explain(&e, &format!("bucket {bucket}"), endpoint))?;
+        }
+    }
+    let cache = Cache::open(cfg.cache.clone(), store, Arc::new(SystemClock))?;
+    let c = &cfg.cache;
+    info!(
+        mountpoint = %cfg.mount.mountpoint.display(),
+        source = ?cfg.mount.source,
+        endpoint = endpoint.unwrap_or("aws"),
+        region = cfg.s3.region.as_deref().unwrap_or("(default)"),
+        profile = %c.profile,
+        cache_enabled = c.enabled,
+        cache_dir = %c.dir.display(),
+        max_size_mb = c.max_size >> 20,
+        max_entries = c.max_entries,
+        ttl_hours = c.ttl.as_secs_f64() / 3600.0,
+        validate_etag = c.validate_etag,
+        metadata_ttl_s = cfg.mount.metadata_ttl.as_secs_f64(),
+        "configuration"
+    );
+    let fs = S3Fs::new(
+        FsConfig {
+            source: cfg.mount.source.clone(),
+            metadata_ttl: cfg.mount.metadata_ttl,
+            uid: cfg.mount.uid,
+            gid: cfg.mount.gid,
+            file_mode: cfg.mount.file_mode,
+            dir_mode: cfg.mount.dir_mode,
+        },
+        cache.clone(),
+    );
+    Ok((Arc::new(fs), cache))
+}

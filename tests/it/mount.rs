@@ -1,0 +1,429 @@
+//! The real thing: `s3cachefs mount` as a process, a FUSE mount in a temp dir, the
+//! in-process S3 server, and ordinary file APIs on the mount.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{ACCESS_KEY, Env, SECRET_KEY, pattern};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_s3cachefs"));
+    // Nothing from the caller's AWS setup leaks in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("CACHE_") || k.starts_with("S3CACHEFS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("VERBOSE")
+        .env_remove("RUST_LOG");
+    c
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let (Ok(m), Some(Ok(p))) = (std::fs::metadata(path), path.parent().map(std::fs::metadata))
+    else {
+        return false;
+    };
+    m.dev() != p.dev()
+}
+
+/// A foreground `s3cachefs mount` child; unmounts (and kills) on drop, even on failure.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(env: &Env, extra: &[&str]) -> Mount {
+        let path = env.tmp.path().join("mnt");
+        std::fs::create_dir_all(&path).expect("mountpoint");
+        let mut cmd = bin();
+        cmd.arg("mount")
+            .arg(&path)
+            .arg("--foreground")
+            .args(["--endpoint-url", &env.server.endpoint(), "--force-path-style"])
+            .arg("--cache-dir")
+            .arg(env.cache_dir())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn s3cachefs");
+        let mut m = Mount {
+            path,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&m.path) {
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("s3cachefs exited before mounting: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "mount did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.p(".cache-stats")).expect("read stats");
+        serde_json::from_str(&text).expect("stats is JSON")
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("s3cachefs did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+fn sha(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+    for e in std::fs::read_dir(dir).expect("readdir") {
+        let e = e.expect("entry");
+        let p = e.path();
+        if e.file_type().expect("type").is_dir() {
+            walk(root, &p, out);
+        } else {
+            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().to_string();
+            out.insert(rel);
+        }
+    }
+}
+
+#[test]
+fn listing_of_2500_keys_and_every_byte_match_the_server() {
+    let env = Env::new();
+    let mut expect = BTreeSet::new();
+    for i in 0..2500u64 {
+        let key = if i < 1200 {
+            format!("big/f{i:05}.bin")
+        } else {
+            format!("n{}/s{}/f{i}.bin", i % 5, i % 7)
+        };
+        env.server.put("bkt", &key, pattern(i, (i as usize * 37) % 5000));
+        expect.insert(format!("bkt/{key}"));
+    }
+    let m = Mount::start(&env, &["--cache-max-entries", "5000"]);
+    let mut got = BTreeSet::new();
+    walk(&m.path, &m.path, &mut got);
+    got.remove(".cache-stats");
+    assert_eq!(got, expect);
+    // readdir offsets across many kernel calls: every name once, in order.
+    let names: Vec<_> = std::fs::read_dir(m.p("bkt/big"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 1200);
+    for i in (0..2500u64).step_by(7) {
+        let key = if i < 1200 {
+            format!("big/f{i:05}.bin")
+        } else {
+            format!("n{}/s{}/f{i}.bin", i % 5, i % 7)
+        };
+        let data = std::fs::read(m.p(&format!("bkt/{key}"))).expect("read");
+        assert_eq!(sha(&data), sha(&pattern(i, (i as usize * 37) % 5000)), "{key}");
+        let meta = std::fs::metadata(m.p(&format!("bkt/{key}"))).expect("stat");
+        assert_eq!(meta.len(), data.len() as u64);
+    }
+}
+
+#[test]
+fn second_read_is_a_hit_and_stats_read_whole_with_any_tool() {
+    let env = Env::new();
+    let data = pattern(1, 1 << 20);
+    env.server.put("bkt", "video.bin", data.clone());
+    let m = Mount::start(&env, &[]);
+    assert_eq!(std::fs::read(m.p("bkt/video.bin")).expect("read"), data);
+    assert_eq!(std::fs::read(m.p("bkt/video.bin")).expect("read"), data);
+    let s = m.stats();
+    assert!(s["hits"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["misses"].as_u64(), Some(1), "{s}");
+    for field in [
+        "hits", "misses", "hit_rate", "entry_count", "total_size", "max_size", "max_entries",
+        "evictions", "expirations", "etag_validations", "etag_mismatches", "bytes_from_s3",
+        "bytes_from_cache", "downloads_in_flight", "errors", "uptime_seconds",
+    ] {
+        assert!(s.get(field).is_some(), "{field} missing from {s}");
+    }
+    // cat and python read it whole, and ls -a lists it.
+    let cat = Command::new("cat").arg(m.p(".cache-stats")).output().expect("cat");
+    let v: serde_json::Value = serde_json::from_slice(&cat.stdout).expect("cat output is JSON");
+    assert!(v["hits"].is_u64());
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg("import json,sys; print(json.loads(open(sys.argv[1]).read())['misses'])")
+        .arg(m.p(".cache-stats"))
+        .output()
+        .expect("python3");
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "1");
+    let ls = Command::new("ls").arg("-a").arg(&m.path).output().expect("ls");
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(".cache-stats"));
+}
+
+#[test]
+fn overwrite_is_seen_on_next_open_while_old_handle_keeps_old_bytes() {
+    let env = Env::new();
+    let v1 = pattern(10, 200_000);
+    // A new version of another size: the kernel sees a new file (new inode), so the
+    // handle opened before keeps its own page cache and bytes.
+    let v2 = pattern(11, 150_000);
+    env.server.put("bkt", "obj", v1.clone());
+    let m = Mount::start(&env, &["--metadata-ttl", "0"]);
+    let mut old = std::fs::File::open(m.p("bkt/obj")).expect("open");
+    let mut head = vec![0u8; 1000];
+    old.read_exact(&mut head).expect("read");
+    assert_eq!(head, v1[..1000]);
+    env.server.put("bkt", "obj", v2.clone());
+    assert!(std::fs::read(m.p("bkt/obj")).expect("read new") == v2, "new open sees v2");
+    let mut rest = Vec::new();
+    old.seek(SeekFrom::Start(0)).expect("seek");
+    old.read_to_end(&mut rest).expect("read old");
+    assert!(rest == v1, "the handle opened first keeps its version");
+    assert!(m.stats()["etag_mismatches"].as_u64() >= Some(1));
+}
+
+#[test]
+fn deleted_object_is_enoent_and_writes_are_erofs() {
+    let env = Env::new();
+    env.server.put("bkt", "doomed", "bye");
+    env.server.put("bkt", "dir/keep", "stay");
+    let m = Mount::start(&env, &["--metadata-ttl", "0"]);
+    assert_eq!(std::fs::read(m.p("bkt/doomed")).expect("read"), b"bye");
+    env.server.delete("bkt", "doomed");
+    let err = std::fs::read(m.p("bkt/doomed")).expect_err("gone");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(std::fs::write(m.p("bkt/new"), "x"), "create");
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.p("bkt/dir/keep"))
+            .map(drop),
+        "open for write",
+    );
+    erofs(std::fs::create_dir(m.p("bkt/newdir")), "mkdir");
+    erofs(std::fs::remove_file(m.p("bkt/dir/keep")), "unlink");
+    erofs(std::fs::rename(m.p("bkt/dir/keep"), m.p("bkt/dir/moved")), "rename");
+    use std::os::unix::fs::PermissionsExt;
+    erofs(
+        std::fs::set_permissions(m.p("bkt/dir/keep"), std::fs::Permissions::from_mode(0o777)),
+        "chmod",
+    );
+    erofs(std::fs::write(m.p(".cache-stats"), "x"), "write stats");
+    assert_eq!(std::fs::read(m.p("bkt/dir/keep")).expect("still there"), b"stay");
+}
+
+#[test]
+fn unusual_key_characters_are_served_not_mixed_up() {
+    let env = Env::new();
+    let keys = [
+        "with space.txt",
+        "ünïcødé/文件.txt",
+        "percent%20literal",
+        "plus+sign",
+        "question?mark",
+        "hash#tag",
+        "semi;colon&amp",
+        "quote'single",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        env.server.put("bkt", k, format!("content of {k} #{i}"));
+    }
+    let m = Mount::start(&env, &[]);
+    for (i, k) in keys.iter().enumerate() {
+        let got = std::fs::read_to_string(m.p(&format!("bkt/{k}"))).expect(k);
+        assert_eq!(got, format!("content of {k} #{i}"));
+    }
+}
+
+#[test]
+fn thirty_two_readers_of_a_cold_file_share_one_download() {
+    let env = Env::new();
+    let data = pattern(32, 8 << 20);
+    env.server.put("bkt", "cold.bin", data.clone());
+    let m = Mount::start(&env, &[]);
+    // Listed first so every reader's open happens while the one download runs.
+    assert!(m.p("bkt/cold.bin").exists());
+    env.server.faults.get_rate.store(16 << 20, Ordering::SeqCst);
+    let want = sha(&data);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..32)
+            .map(|_| s.spawn(|| sha(&std::fs::read(m.p("bkt/cold.bin")).expect("read"))))
+            .collect();
+        for h in hs {
+            assert_eq!(h.join().expect("reader"), want);
+        }
+    });
+    assert_eq!(env.server.counters.gets_of("bkt", "cold.bin"), 1);
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let env = Env::new();
+    env.server.put("bkt", "a", "a");
+    let mut m = Mount::start(&env, &[]);
+    assert!(is_mounted(&m.path));
+    let status = m.stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_mounted(&m.path), "mount is gone");
+}
+
+#[test]
+fn background_mount_returns_when_live_and_unmount_takes_it_down() {
+    let env = Env::new();
+    env.server.put("bkt", "bg", "background");
+    let mp = env.tmp.path().join("bgmnt");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    let out = bin()
+        .arg("mount")
+        .arg(&mp)
+        .args(["--endpoint-url", &env.server.endpoint(), "--force-path-style", "--bucket", "bkt"])
+        .arg("--cache-dir")
+        .arg(env.cache_dir())
+        .output()
+        .expect("run");
+    let guard = scopeguard(&mp);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(&mp), "live when the command returns");
+    assert_eq!(std::fs::read_to_string(mp.join("bg")).expect("read"), "background");
+    let st = bin().arg("unmount").arg(&mp).status().expect("unmount");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mounted(&mp) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mp));
+    drop(guard);
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn scopeguard(p: &Path) -> Unmount {
+    Unmount(p.to_path_buf())
+}
+
+/// Runs `s3cachefs mount` expecting failure; returns (exit code, stderr).
+fn mount_fails(env: &Env, mp: &Path, extra: &[&str], vars: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = bin();
+    let endpoint = env.server.endpoint();
+    let endpoint = if extra.contains(&"--endpoint-url") { None } else { Some(endpoint) };
+    cmd.arg("mount").arg(mp).arg("--force-path-style");
+    if let Some(e) = endpoint {
+        cmd.args(["--endpoint-url", &e]);
+    }
+    cmd
+        .arg("--cache-dir")
+        .arg(env.cache_dir())
+        .args(extra);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run");
+    let _guard = scopeguard(mp);
+    assert!(!is_mounted(mp), "nothing mounted on failure");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
+    let env = Env::new();
+    env.server.put("bkt", "x", "x");
+    let mp = env.tmp.path().join("mp");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+
+    let (code, err) = mount_fails(&env, &mp, &[], &[("CACHE_MAX_SIZE_MB", "abc")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("CACHE_MAX_SIZE_MB") && err.contains("whole number"), "{err}");
+    let (code, err) = mount_fails(&env, &mp, &["--cache-max-entries", "-5"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = mount_fails(&env, &mp, &[], &[("CACHE_ENABLED", "perhaps")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("CACHE_ENABLED"), "{err}");
+
+    let (code, err) = mount_fails(&env, &env.tmp.path().join("missing"), &[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let (code, err) = mount_fails(&env, &mp, &[], &[("AWS_SECRET_ACCESS_KEY", "wrong")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("access denied"), "{err}");
+
+    let (code, err) = mount_fails(&env, &mp, &["--endpoint-url", "http://127.0.0.1:9", "--max-attempts", "1"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach"), "{err}");
+
+    let (code, err) = mount_fails(&env, &mp, &["--bucket", "no-such-bucket"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+
+    // A second mount on the same cache dir.
+    let _first = Mount::start(&env, &[]);
+    let (code, err) = mount_fails(&env, &mp, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another s3cachefs process"), "{err}");
+}
