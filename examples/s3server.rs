@@ -17,12 +17,21 @@ fn main() {
     let mut latency: u64 = 0;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--root" => root = PathBuf::from(value()),
-            "--port" => port = value().parse().unwrap_or_else(|_| usage("--port: a number")),
+            "--port" => {
+                port = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--port: a number"))
+            }
             "--latency" => {
-                latency = value().parse().unwrap_or_else(|_| usage("--latency: milliseconds"))
+                latency = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--latency: milliseconds"))
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),

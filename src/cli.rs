@@ -10,8 +10,8 @@ use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
 
 use crate::cache::CacheConfig;
 use crate::config::{
-    self, Config, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE_MB,
-    DEFAULT_METADATA_TTL_SECS, DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
+    self, Config, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE_MB, DEFAULT_METADATA_TTL_SECS,
+    DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
 };
 use crate::store::S3Options;
 
@@ -52,27 +52,61 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
 
     /// Mount one bucket (or a prefix of it) as the root instead of listing every bucket
-    #[arg(long, env = "S3CACHEFS_BUCKET", value_name = "BUCKET[/PREFIX]", help_heading = "What to mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_BUCKET",
+        value_name = "BUCKET[/PREFIX]",
+        help_heading = "What to mount"
+    )]
     pub bucket: Option<String>,
 
     /// AWS profile from ~/.aws/config; also part of the cache key
-    #[arg(long, env = "AWS_PROFILE", value_name = "NAME", help_heading = "S3 connection")]
+    #[arg(
+        long,
+        env = "AWS_PROFILE",
+        value_name = "NAME",
+        help_heading = "S3 connection"
+    )]
     pub profile: Option<String>,
     /// AWS region (default: from the profile, else us-east-1)
-    #[arg(long, env = "AWS_REGION", value_name = "REGION", help_heading = "S3 connection")]
+    #[arg(
+        long,
+        env = "AWS_REGION",
+        value_name = "REGION",
+        help_heading = "S3 connection"
+    )]
     pub region: Option<String>,
     /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL", help_heading = "S3 connection")]
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL",
+        value_name = "URL",
+        help_heading = "S3 connection"
+    )]
     pub endpoint_url: Option<String>,
     /// Address buckets as http://host/bucket (most S3-compatible servers need this)
-    #[arg(long, env = "S3CACHEFS_FORCE_PATH_STYLE", help_heading = "S3 connection")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_FORCE_PATH_STYLE",
+        help_heading = "S3 connection"
+    )]
     pub force_path_style: bool,
     /// Attempts per S3 request, with capped exponential backoff and jitter [default: 5]
-    #[arg(long, env = "S3CACHEFS_MAX_ATTEMPTS", value_name = "N", help_heading = "S3 connection")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_MAX_ATTEMPTS",
+        value_name = "N",
+        help_heading = "S3 connection"
+    )]
     pub max_attempts: Option<String>,
 
     /// Use the local cache (false: every read goes to S3) [default: true]
-    #[arg(long, env = "CACHE_ENABLED", value_name = "BOOL", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "CACHE_ENABLED",
+        value_name = "BOOL",
+        help_heading = "Cache"
+    )]
     pub cache_enabled: Option<String>,
     /// Same as --cache-enabled false
     #[arg(long, help_heading = "Cache")]
@@ -81,22 +115,47 @@ pub struct MountArgs {
     #[arg(long, env = "CACHE_DIR", value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
     /// Most bytes the cache holds, in MiB [default: 500]
-    #[arg(long, env = "CACHE_MAX_SIZE_MB", value_name = "MB", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "CACHE_MAX_SIZE_MB",
+        value_name = "MB",
+        help_heading = "Cache"
+    )]
     pub cache_max_size_mb: Option<String>,
     /// Most objects the cache holds [default: 200]
-    #[arg(long, env = "CACHE_MAX_ENTRIES", value_name = "N", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "CACHE_MAX_ENTRIES",
+        value_name = "N",
+        help_heading = "Cache"
+    )]
     pub cache_max_entries: Option<String>,
     /// Age after which a cached object is fetched again, in hours [default: 24]
-    #[arg(long, env = "CACHE_TTL_HOURS", value_name = "HOURS", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "CACHE_TTL_HOURS",
+        value_name = "HOURS",
+        help_heading = "Cache"
+    )]
     pub cache_ttl_hours: Option<String>,
     /// Check a cached object's ETag with S3 on open [default: true]
-    #[arg(long, env = "CACHE_VALIDATE_ETAG", value_name = "BOOL", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "CACHE_VALIDATE_ETAG",
+        value_name = "BOOL",
+        help_heading = "Cache"
+    )]
     pub validate_etag: Option<String>,
     /// Same as --validate-etag false: trust cached copies until their TTL
     #[arg(long, help_heading = "Cache")]
     pub no_validate_etag: bool,
     /// How long a listing or HEAD result is trusted, in seconds [default: 10]
-    #[arg(long, env = "S3CACHEFS_METADATA_TTL", value_name = "SECONDS", help_heading = "Cache")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_METADATA_TTL",
+        value_name = "SECONDS",
+        help_heading = "Cache"
+    )]
     pub metadata_ttl: Option<String>,
 
     /// Stay attached to the terminal (default: return once the mount is live)
@@ -106,26 +165,56 @@ pub struct MountArgs {
     #[arg(long, env = "S3CACHEFS_ALLOW_OTHER", help_heading = "Mount")]
     pub allow_other: bool,
     /// Owner shown for files and directories [default: your uid]
-    #[arg(long, env = "S3CACHEFS_UID", value_name = "UID", help_heading = "Mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_UID",
+        value_name = "UID",
+        help_heading = "Mount"
+    )]
     pub uid: Option<String>,
     /// Group shown for files and directories [default: your gid]
-    #[arg(long, env = "S3CACHEFS_GID", value_name = "GID", help_heading = "Mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_GID",
+        value_name = "GID",
+        help_heading = "Mount"
+    )]
     pub gid: Option<String>,
     /// Permission bits of files [default: 0444]
-    #[arg(long, env = "S3CACHEFS_FILE_MODE", value_name = "MODE", help_heading = "Mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_FILE_MODE",
+        value_name = "MODE",
+        help_heading = "Mount"
+    )]
     pub file_mode: Option<String>,
     /// Permission bits of directories [default: 0555]
-    #[arg(long, env = "S3CACHEFS_DIR_MODE", value_name = "MODE", help_heading = "Mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_DIR_MODE",
+        value_name = "MODE",
+        help_heading = "Mount"
+    )]
     pub dir_mode: Option<String>,
     /// Threads answering the kernel [default: 4]
-    #[arg(long, env = "S3CACHEFS_FUSE_THREADS", value_name = "N", help_heading = "Mount")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_FUSE_THREADS",
+        value_name = "N",
+        help_heading = "Mount"
+    )]
     pub fuse_threads: Option<String>,
 
     /// More logging: -v debug, -vv trace (VERBOSE=true is -v; RUST_LOG overrides both)
     #[arg(short, long, action = ArgAction::Count, help_heading = "Logging")]
     pub verbose: u8,
     /// Where a background mount logs [default: <cache dir>/s3cachefs.log]
-    #[arg(long, env = "S3CACHEFS_LOG_FILE", value_name = "FILE", help_heading = "Logging")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_LOG_FILE",
+        value_name = "FILE",
+        help_heading = "Logging"
+    )]
     pub log_file: Option<PathBuf>,
 }
 
@@ -158,7 +247,9 @@ impl MountArgs {
             None => 5,
         };
         let mut enabled = match &self.cache_enabled {
-            Some(v) => config::parse_bool(&o("cache_enabled", "cache-enabled", "CACHE_ENABLED"), v)?,
+            Some(v) => {
+                config::parse_bool(&o("cache_enabled", "cache-enabled", "CACHE_ENABLED"), v)?
+            }
             None => true,
         };
         if self.no_cache {
@@ -166,7 +257,11 @@ impl MountArgs {
         }
         let max_size_mb = match &self.cache_max_size_mb {
             Some(v) => config::parse_u64_in(
-                &o("cache_max_size_mb", "cache-max-size-mb", "CACHE_MAX_SIZE_MB"),
+                &o(
+                    "cache_max_size_mb",
+                    "cache-max-size-mb",
+                    "CACHE_MAX_SIZE_MB",
+                ),
                 v,
                 1,
                 1 << 30,
@@ -176,7 +271,11 @@ impl MountArgs {
         };
         let max_entries = match &self.cache_max_entries {
             Some(v) => config::parse_u64_in(
-                &o("cache_max_entries", "cache-max-entries", "CACHE_MAX_ENTRIES"),
+                &o(
+                    "cache_max_entries",
+                    "cache-max-entries",
+                    "CACHE_MAX_ENTRIES",
+                ),
                 v,
                 1,
                 100_000_000,
@@ -195,7 +294,10 @@ impl MountArgs {
             None => DEFAULT_TTL_HOURS,
         };
         let mut validate_etag = match &self.validate_etag {
-            Some(v) => config::parse_bool(&o("validate_etag", "validate-etag", "CACHE_VALIDATE_ETAG"), v)?,
+            Some(v) => config::parse_bool(
+                &o("validate_etag", "validate-etag", "CACHE_VALIDATE_ETAG"),
+                v,
+            )?,
             None => true,
         };
         if self.no_validate_etag {
@@ -239,10 +341,10 @@ impl MountArgs {
             None => 4,
         };
         let mut verbosity = self.verbose;
-        if let Ok(v) = std::env::var("VERBOSE") {
-            if config::parse_bool(&Origin("VERBOSE".into()), &v)? {
-                verbosity = verbosity.max(1);
-            }
+        if let Ok(v) = std::env::var("VERBOSE")
+            && config::parse_bool(&Origin("VERBOSE".into()), &v)?
+        {
+            verbosity = verbosity.max(1);
         }
         let cache_dir = match &self.cache_dir {
             Some(d) => config::absolute(d),
@@ -343,6 +445,9 @@ mod tests {
         let e = parse(&["s3cachefs", "mount", "/mnt/x", "--cache-max-size-mb", "abc"])
             .expect_err("invalid");
         let msg = e.to_string();
-        assert!(msg.contains("--cache-max-size-mb") && msg.contains("whole number"), "{msg}");
+        assert!(
+            msg.contains("--cache-max-size-mb") && msg.contains("whole number"),
+            "{msg}"
+        );
     }
 }

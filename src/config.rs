@@ -77,7 +77,11 @@ pub fn parse_bool(origin: &Origin, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(invalid(origin, value, "true or false (also 1/0, yes/no, on/off)")),
+        _ => Err(invalid(
+            origin,
+            value,
+            "true or false (also 1/0, yes/no, on/off)",
+        )),
     }
 }
 
@@ -124,7 +128,11 @@ pub fn parse_mode(origin: &Origin, value: &str) -> Result<u16, ConfigError> {
     let digits = v.strip_prefix("0o").unwrap_or(v);
     match u16::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
-        _ => Err(invalid(origin, value, "an octal mode from 000 to 777, e.g. 0444")),
+        _ => Err(invalid(
+            origin,
+            value,
+            "an octal mode from 000 to 777, e.g. 0444",
+        )),
     }
 }
 
@@ -133,9 +141,9 @@ pub fn parse_source(origin: &Origin, value: &str) -> Result<Source, ConfigError>
     let v = value.trim().trim_start_matches("s3://");
     let (bucket, prefix) = v.split_once('/').unwrap_or((v, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_');
+        && bucket.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+        });
     if !valid_bucket {
         return Err(invalid(
             origin,
@@ -157,7 +165,11 @@ pub fn parse_source(origin: &Origin, value: &str) -> Result<Source, ConfigError>
 
 /// `$XDG_CACHE_HOME/s3cachefs`, else `~/.cache/s3cachefs`.
 pub fn default_cache_dir() -> Result<PathBuf, ConfigError> {
-    let from = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let from = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(x) = from("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
         return Ok(x.join("s3cachefs"));
     }

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
+    SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, info};
@@ -331,7 +331,16 @@ impl Filesystem for FuseAdapter {
         let blocks = s.max_size / bsize;
         let free = s.max_size.saturating_sub(s.total_size) / bsize;
         let ffree = s.max_entries.saturating_sub(s.entry_count);
-        reply.statfs(blocks, free, free, s.max_entries, ffree, bsize as u32, 255, bsize as u32);
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            s.max_entries,
+            ffree,
+            bsize as u32,
+            255,
+            bsize as u32,
+        );
     }
 
     fn setxattr(
@@ -347,7 +356,14 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::ENODATA);
     }
 
@@ -447,10 +463,8 @@ pub fn unmount_path(path: &Path) -> io::Result<()> {
         .arg("-u")
         .arg(path)
         .status();
-    if let Ok(s) = status {
-        if s.success() {
-            return Ok(());
-        }
+    if status.is_ok_and(|s| s.success()) {
+        return Ok(());
     }
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;

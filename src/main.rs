@@ -34,7 +34,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Mount(args) => {
-            let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
+            let sub = matches
+                .subcommand()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
             let cfg = match args.to_config(&sub) {
                 Ok(c) => c,
                 Err(e) => {
@@ -98,7 +101,11 @@ fn mount(cfg: Config) -> Result<()> {
 
 /// Runs the mount in a detached child and waits until it is live (or has failed).
 fn spawn_background(cfg: &Config) -> Result<()> {
-    let log = cfg.mount.log_file.clone().unwrap_or_else(|| default_log(cfg));
+    let log = cfg
+        .mount
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log(cfg));
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -48,17 +48,19 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
         Err(e) => return Err(MountError::Mountpoint(format!("{shown}: {e}"))),
     };
     if !meta.is_dir() {
-        return Err(MountError::Mountpoint(format!("{shown} is not a directory")));
+        return Err(MountError::Mountpoint(format!(
+            "{shown} is not a directory"
+        )));
     }
     use std::os::unix::fs::MetadataExt;
-    if let Some(parent) = path.parent() {
-        if let Ok(pm) = std::fs::metadata(parent) {
-            if pm.dev() != meta.dev() && path != Path::new("/") {
-                return Err(MountError::Mountpoint(format!(
-                    "{shown} is busy: something is already mounted there"
-                )));
-            }
-        }
+    if let Some(parent) = path.parent()
+        && let Ok(pm) = std::fs::metadata(parent)
+        && pm.dev() != meta.dev()
+        && path != Path::new("/")
+    {
+        return Err(MountError::Mountpoint(format!(
+            "{shown} is busy: something is already mounted there"
+        )));
     }
     Ok(())
 }
@@ -99,10 +101,7 @@ pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), Mo
     result
 }
 
-fn run_inner(
-    cfg: Config,
-    tell: &mut impl FnMut(Result<(), String>),
-) -> Result<(), MountError> {
+fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(), MountError> {
     check_mountpoint(&cfg.mount.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,22 +109,21 @@ fn run_inner(
         .build()
         .map_err(MountError::Runtime)?;
     let (fs, cache) = rt.block_on(prepare(&cfg))?;
-    let mut mounted = fuse::mount(fs, rt.handle().clone(), &cfg.mount).map_err(|source| {
-        MountError::Fuse {
+    let mut mounted =
+        fuse::mount(fs, rt.handle().clone(), &cfg.mount).map_err(|source| MountError::Fuse {
             path: cfg.mount.mountpoint.display().to_string(),
             source,
-        }
-    })?;
+        })?;
     let mut unmounter = mounted.unmounter();
     rt.spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => info!("SIGINT: unmounting"),
             _ = term.recv() => info!("SIGTERM: unmounting"),

@@ -247,7 +247,10 @@ mod tests {
         assert!(loaded.was_clean);
         let mut got = loaded.entries;
         got.sort_by_key(|(_, e)| e.seq);
-        assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![k2, k1]);
+        assert_eq!(
+            got.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![k2, k1]
+        );
         assert_eq!(got[1].1.hits, 1);
         assert_eq!(db.row(&k1).expect("row"), Some(row("1")));
         drop(db);

@@ -250,7 +250,10 @@ mod tests {
         let ix = Index::new(100, 10);
         assert_eq!(
             ix.victims_for(&key(1), 101),
-            Err(TooLarge { size: 101, max: 100 })
+            Err(TooLarge {
+                size: 101,
+                max: 100
+            })
         );
     }
 

@@ -8,7 +8,7 @@
 //! by recovery) but never an unaccounted file under a final name.
 
 mod clock;
-mod db;
+pub mod db;
 mod index;
 mod key;
 mod layout;
@@ -30,8 +30,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
@@ -239,7 +239,9 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("cfg", &self.inner.cfg).finish()
+        f.debug_struct("Cache")
+            .field("cfg", &self.inner.cfg)
+            .finish()
     }
 }
 
@@ -494,7 +496,9 @@ impl Cache {
                 });
                 let f: Flight = async move {
                     task.await.unwrap_or_else(|e| {
-                        Err(Arc::new(CacheError::Internal(format!("download task: {e}"))))
+                        Err(Arc::new(CacheError::Internal(format!(
+                            "download task: {e}"
+                        ))))
                     })
                 }
                 .boxed()
@@ -589,9 +593,10 @@ impl Inner {
         let file = Arc::new(file);
         if !entry.verified {
             let (f, size, want) = (file.clone(), entry.size, entry.crc32);
-            let ok = tokio::task::spawn_blocking(move || checksum_file(&f, size).ok() == Some(want))
-                .await
-                .unwrap_or(false);
+            let ok =
+                tokio::task::spawn_blocking(move || checksum_file(&f, size).ok() == Some(want))
+                    .await
+                    .unwrap_or(false);
             if !ok {
                 warn!(path = %path.display(), "cache file does not match its checksum; refetching");
                 bump(&self.stats.corruptions);
@@ -633,7 +638,12 @@ impl Inner {
         if meta.size > 0 {
             let got = self
                 .store
-                .get_range(bucket, key, None, (!etag.is_empty()).then_some(etag.as_str()))
+                .get_range(
+                    bucket,
+                    key,
+                    None,
+                    (!etag.is_empty()).then_some(etag.as_str()),
+                )
                 .await?;
             if !etag.is_empty() && !got.etag.is_empty() && got.etag != etag {
                 return Err(StoreError::PreconditionFailed(url).into());
@@ -982,8 +992,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(MemoryStore::new());
         store.put("b", "k", "hello");
-        let cache = Cache::open(config(dir.path()), store.clone(), Arc::new(SystemClock))
-            .expect("open");
+        let cache =
+            Cache::open(config(dir.path()), store.clone(), Arc::new(SystemClock)).expect("open");
         let h = cache.open_object("b", "k", None).await.expect("miss");
         assert_eq!(h.outcome, Outcome::Miss);
         store.fail_heads_with(Some(StoreError::Transient("down".into())));
@@ -1005,8 +1015,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(MemoryStore::new());
         store.put("b", "big", vec![7u8; 2 << 20]);
-        let cache =
-            Cache::open(config(dir.path()), store, Arc::new(SystemClock)).expect("open");
+        let cache = Cache::open(config(dir.path()), store, Arc::new(SystemClock)).expect("open");
         let h = cache.open_object("b", "big", None).await.expect("open");
         assert_eq!(h.outcome, Outcome::Direct);
         assert_eq!(h.read(10, 5).await.expect("read").as_ref(), &[7u8; 5]);

@@ -182,10 +182,10 @@ impl S3Fs {
             else {
                 return Err(FsError::NotADirectory);
             };
-            if let Some((at, entries)) = children {
-                if self.fresh(*at) {
-                    return Ok(entries.clone());
-                }
+            if let Some((at, entries)) = children
+                && self.fresh(*at)
+            {
+                return Ok(entries.clone());
             }
             (bucket.clone(), prefix.clone())
         };
@@ -194,7 +194,12 @@ impl S3Fs {
         let mut files: Vec<(String, ObjectMeta)> = Vec::new();
         match &bucket {
             None => {
-                dirs = self.cache.store().list_buckets().await.map_err(FsError::from_store)?;
+                dirs = self
+                    .cache
+                    .store()
+                    .list_buckets()
+                    .await
+                    .map_err(FsError::from_store)?;
             }
             Some(b) => {
                 let listing = self
@@ -297,7 +302,12 @@ impl S3Fs {
 
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let children = self.listing(ino).await?;
-        let parent = self.inodes.lock().get(ino).map(|n| n.parent).unwrap_or(ROOT_INO);
+        let parent = self
+            .inodes
+            .lock()
+            .get(ino)
+            .map(|n| n.parent)
+            .unwrap_or(ROOT_INO);
         let mut entries = Vec::with_capacity(children.len() + 3);
         entries.push(DirEntry {
             ino,
@@ -386,12 +396,10 @@ impl S3Fs {
             }
         };
         debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
-        let keep_cache = self.inodes.lock().note_opened(
-            ino,
-            &handle.etag,
-            handle.size,
-            handle.file().is_some(),
-        );
+        let keep_cache =
+            self.inodes
+                .lock()
+                .note_opened(ino, &handle.etag, handle.size, handle.file().is_some());
         let opened = Opened {
             fh,
             direct_io: false,
@@ -412,7 +420,10 @@ impl S3Fs {
             Some(OpenFile::Object(h)) if h.file().is_some() => {
                 let h = h.clone();
                 drop(files);
-                Some(h.read_cached(offset, size as usize).map_err(|e| FsError::from_cache(&e)))
+                Some(
+                    h.read_cached(offset, size as usize)
+                        .map_err(|e| FsError::from_cache(&e)),
+                )
             }
             Some(OpenFile::Object(_)) => None,
         }
@@ -442,4 +453,104 @@ fn slice(b: &Bytes, offset: u64, size: u32) -> Bytes {
     let start = (offset as usize).min(b.len());
     let end = start.saturating_add(size as usize).min(b.len());
     b.slice(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CacheConfig, SystemClock};
+    use crate::store::MemoryStore;
+
+    fn fs_over(store: Arc<MemoryStore>) -> S3Fs {
+        let cache = Cache::open(
+            CacheConfig {
+                enabled: false,
+                dir: "/nonexistent".into(),
+                max_size: 1 << 20,
+                max_entries: 10,
+                ttl: Duration::from_secs(60),
+                validate_etag: true,
+                profile: "default".into(),
+                sweep_interval: Duration::from_secs(60),
+            },
+            store,
+            Arc::new(SystemClock),
+        )
+        .expect("cache");
+        S3Fs::new(
+            FsConfig {
+                source: Source::Bucket {
+                    bucket: "bkt".into(),
+                    prefix: String::new(),
+                },
+                metadata_ttl: Duration::from_secs(60),
+                uid: 0,
+                gid: 0,
+                file_mode: 0o444,
+                dir_mode: 0o555,
+            },
+            cache,
+        )
+    }
+
+    #[tokio::test]
+    async fn odd_keys_are_skipped_and_directories_win() {
+        let store = Arc::new(MemoryStore::new());
+        let long = format!("odd/{}", "a".repeat(300));
+        for k in [
+            "odd//double",
+            "odd/./dot",
+            "odd/../up",
+            long.as_str(),
+            "odd/ok",
+            "odd/a",
+            "odd/a/b",
+            "odd/",
+        ] {
+            store.put("bkt", k, k.to_string());
+        }
+        let fs = fs_over(store);
+        let odd = fs.lookup(ROOT_INO, "odd").await.expect("odd");
+        assert_eq!(odd.kind, Kind::Dir);
+        let fh = fs.opendir(odd.ino).await.expect("opendir");
+        let names: Vec<(String, Kind)> = fs
+            .readdir(fh, 0)
+            .expect("readdir")
+            .iter()
+            .map(|e| (e.name.clone(), e.kind))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (".".to_string(), Kind::Dir),
+                ("..".to_string(), Kind::Dir),
+                ("a".to_string(), Kind::Dir),
+                ("ok".to_string(), Kind::File),
+            ]
+        );
+        let a = fs.lookup(odd.ino, "a").await.expect("a");
+        assert_eq!(a.kind, Kind::Dir);
+        let b = fs.lookup(a.ino, "b").await.expect("b");
+        let opened = fs.open(b.ino, false, false).await.expect("open");
+        let data = fs.read(opened.fh, 0, 100).await.expect("read");
+        assert_eq!(&data[..], b"odd/a/b");
+        assert_eq!(fs.lookup(odd.ino, "..").await, Err(FsError::NotFound));
+        assert_eq!(fs.open(b.ino, true, false).await.err(), Some(FsError::ReadOnly));
+    }
+
+    #[tokio::test]
+    async fn inode_numbers_are_stable_until_the_object_changes() {
+        let store = Arc::new(MemoryStore::new());
+        store.put("bkt", "f", "one");
+        let mut fs = fs_over(store.clone());
+        fs.cfg.metadata_ttl = Duration::ZERO;
+        let first = fs.lookup(ROOT_INO, "f").await.expect("f");
+        assert_eq!(fs.lookup(ROOT_INO, "f").await.expect("f").ino, first.ino);
+        store.put("bkt", "f", "two!");
+        let second = fs.lookup(ROOT_INO, "f").await.expect("f");
+        assert_ne!(second.ino, first.ino);
+        assert_eq!(second.size, 4);
+        // The old inode still answers for handles opened on it.
+        assert_eq!(fs.getattr(first.ino).expect("old").size, 3);
+    }
 }

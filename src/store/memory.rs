@@ -122,7 +122,9 @@ impl ObjectStore for MemoryStore {
         self.gets.fetch_add(1, Ordering::Relaxed);
         let (data, etag) = self.lookup(bucket, key)?;
         if if_match.is_some_and(|m| m != etag) {
-            return Err(StoreError::PreconditionFailed(format!("s3://{bucket}/{key}")));
+            return Err(StoreError::PreconditionFailed(format!(
+                "s3://{bucket}/{key}"
+            )));
         }
         let object_size = data.len() as u64;
         let r = range.unwrap_or(0..object_size);

@@ -89,8 +89,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Succeeds when the bucket exists and the credentials may use it.
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()>;
     /// Every page of ListObjectsV2 under `prefix`, merged.
-    async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>)
-    -> StoreResult<Listing>;
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> StoreResult<Listing>;
     async fn head(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta>;
     /// GET of `range` (the whole object when `None`), failing with
     /// [`StoreError::PreconditionFailed`] when `if_match` no longer matches.

@@ -9,7 +9,9 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_smithy_types::date_time::DateTime as SmithyDateTime;
 
@@ -157,7 +159,11 @@ impl ObjectStore for S3Store {
         let mut pages = self.client.list_buckets().into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| map_err(e, "ListBuckets"))?;
-            names.extend(page.buckets().iter().filter_map(|b| b.name().map(str::to_string)));
+            names.extend(
+                page.buckets()
+                    .iter()
+                    .filter_map(|b| b.name().map(str::to_string)),
+            );
         }
         Ok(names)
     }
@@ -256,16 +262,13 @@ impl ObjectStore for S3Store {
             (None, _) => length,
         };
         let body = out.body;
-        let stream = futures::stream::try_unfold(
-            (body, target),
-            |(mut body, target)| async move {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(Some((chunk, (body, target)))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(StoreError::Transient(format!("{target}: body: {e}"))),
-                }
-            },
-        );
+        let stream = futures::stream::try_unfold((body, target), |(mut body, target)| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, (body, target)))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(StoreError::Transient(format!("{target}: body: {e}"))),
+            }
+        });
         Ok(GetObject {
             etag,
             object_size,
@@ -285,7 +288,10 @@ mod tests {
 
     #[test]
     fn content_range_total() {
-        assert_eq!(parse_total_from_content_range("bytes 0-99/1234"), Some(1234));
+        assert_eq!(
+            parse_total_from_content_range("bytes 0-99/1234"),
+            Some(1234)
+        );
         assert_eq!(parse_total_from_content_range("bytes */1234"), Some(1234));
         assert_eq!(parse_total_from_content_range("bytes 0-99/*"), None);
     }

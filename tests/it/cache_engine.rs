@@ -22,10 +22,16 @@ async fn miss_then_hit() {
     env.server.put("bkt", "dir/file.bin", data.clone());
     let cache = env.cache(env.cache_config()).await;
 
-    let h = cache.open_object("bkt", "dir/file.bin", None).await.expect("open");
+    let h = cache
+        .open_object("bkt", "dir/file.bin", None)
+        .await
+        .expect("open");
     assert_eq!(h.outcome, Outcome::Miss);
     assert_eq!(read_all(&h).await, data);
-    let h = cache.open_object("bkt", "dir/file.bin", None).await.expect("open");
+    let h = cache
+        .open_object("bkt", "dir/file.bin", None)
+        .await
+        .expect("open");
     assert_eq!(h.outcome, Outcome::Hit);
     assert_eq!(read_all(&h).await, data);
 
@@ -77,7 +83,11 @@ async fn ttl_expiry_on_access_and_by_background_sweep() {
     cache.open_object("bkt", "a", None).await.expect("open");
     clock.advance_ms(3_599_000);
     assert_eq!(
-        cache.open_object("bkt", "a", None).await.expect("open").outcome,
+        cache
+            .open_object("bkt", "a", None)
+            .await
+            .expect("open")
+            .outcome,
         Outcome::Hit
     );
     clock.advance_ms(1_000);
@@ -103,19 +113,29 @@ async fn ttl_expiry_on_access_and_by_background_sweep() {
 async fn entry_limit_keeps_the_200_most_recently_used() {
     let env = Env::new();
     for i in 0..300 {
-        env.server.put("bkt", &format!("k{i}"), format!("object {i}"));
+        env.server
+            .put("bkt", &format!("k{i}"), format!("object {i}"));
     }
     let cache = env.cache(env.cache_config()).await;
     for i in 0..150 {
-        cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+        cache
+            .open_object("bkt", &format!("k{i}"), None)
+            .await
+            .expect("open");
     }
     // Use the first 50 again: they are now more recent than 50..150.
     for i in 0..50 {
-        let h = cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+        let h = cache
+            .open_object("bkt", &format!("k{i}"), None)
+            .await
+            .expect("open");
         assert_eq!(h.outcome, Outcome::Hit);
     }
     for i in 150..300 {
-        cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+        cache
+            .open_object("bkt", &format!("k{i}"), None)
+            .await
+            .expect("open");
         assert!(cache.stats().entry_count <= 200);
     }
     let expect: Vec<_> = (150..300)
@@ -149,10 +169,15 @@ async fn size_limit_is_never_exceeded_and_evicts_lru() {
     cfg.max_size = 10_000;
     let cache = env.cache(cfg).await;
     for i in 0..6 {
-        cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+        cache
+            .open_object("bkt", &format!("k{i}"), None)
+            .await
+            .expect("open");
         assert!(cache.stats().total_size <= 10_000);
     }
-    let want: Vec<_> = (3..6).map(|i| cache.key_of("bkt", &format!("k{i}"))).collect();
+    let want: Vec<_> = (3..6)
+        .map(|i| cache.key_of("bkt", &format!("k{i}")))
+        .collect();
     assert_eq!(cache.keys_lru_first(), want);
     // Larger than the whole cache: served, not stored, nothing evicted.
     let h = cache.open_object("bkt", "huge", None).await.expect("open");
@@ -170,7 +195,10 @@ async fn restart_keeps_entries_and_lru_order() {
     let before = {
         let cache = env.cache(env.cache_config()).await;
         for i in [0, 1, 2, 3, 4, 1, 0] {
-            cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+            cache
+                .open_object("bkt", &format!("k{i}"), None)
+                .await
+                .expect("open");
         }
         let order = cache.keys_lru_first();
         cache.close().expect("close");
@@ -180,7 +208,10 @@ async fn restart_keeps_entries_and_lru_order() {
     let cache = env.cache(env.cache_config()).await;
     assert_eq!(cache.keys_lru_first(), before);
     for i in 0..5 {
-        let h = cache.open_object("bkt", &format!("k{i}"), None).await.expect("open");
+        let h = cache
+            .open_object("bkt", &format!("k{i}"), None)
+            .await
+            .expect("open");
         assert_eq!(h.outcome, Outcome::Hit);
         assert_eq!(read_all(&h).await, pattern(i, 1000));
     }
@@ -201,7 +232,10 @@ async fn flipped_byte_or_truncation_is_caught_and_refetched() {
         bytes[12_345] ^= 0x01;
         std::fs::write(&p, bytes).expect("write");
         let p = cache.entry_path("bkt", "cut").expect("path");
-        let f = std::fs::OpenOptions::new().write(true).open(&p).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open");
         f.set_len(40_000).expect("truncate");
         cache.close().expect("close");
     }
@@ -227,7 +261,10 @@ async fn concurrent_gets_of_a_cold_key_share_one_download() {
     for _ in 0..16 {
         let cache = cache.clone();
         tasks.push(tokio::spawn(async move {
-            let h = cache.open_object("bkt", "shared", None).await.expect("open");
+            let h = cache
+                .open_object("bkt", "shared", None)
+                .await
+                .expect("open");
             read_all(&h).await
         }));
     }
@@ -252,7 +289,10 @@ async fn transient_head_failure_serves_stale_and_404_removes() {
     env.server.faults.fail_next.store(0, Ordering::SeqCst);
     env.server.delete("bkt", "k");
     let err = cache.open_object("bkt", "k", None).await.expect_err("gone");
-    assert!(matches!(err.store_error(), Some(StoreError::NotFound(_))), "{err}");
+    assert!(
+        matches!(err.store_error(), Some(StoreError::NotFound(_))),
+        "{err}"
+    );
     assert!(!cache.contains("bkt", "k"));
     assert!(!cache.entry_path("bkt", "k").expect("path").exists());
 }
@@ -336,7 +376,10 @@ async fn second_process_on_the_same_cache_dir_is_refused() {
         stdout.contains("OPEN-ERROR") && stdout.contains("in use by another s3cachefs process"),
         "child said: {stdout}"
     );
-    assert!(stdout.contains(&format!("pid {}", std::process::id())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("pid {}", std::process::id())),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,12 +417,19 @@ async fn killed_download_leaves_no_final_file_and_next_start_cleans_up() {
     assert!(!final_path.exists(), "no file under its final name");
     assert!(std::fs::read_dir(&tmp_dir).expect("tmp").next().is_some());
     // A stray file under a shard (as if left by a crash mid-eviction).
-    let stray = env.cache_dir().join("ab").join(format!("ab{}", "0".repeat(62)));
+    let stray = env
+        .cache_dir()
+        .join("ab")
+        .join(format!("ab{}", "0".repeat(62)));
     std::fs::write(&stray, "orphan").expect("stray");
 
     let cache = env.cache(env.cache_config()).await;
     cache.wait_recovered().await;
-    assert_eq!(std::fs::read_dir(&tmp_dir).expect("tmp").count(), 0, "tmp cleaned");
+    assert_eq!(
+        std::fs::read_dir(&tmp_dir).expect("tmp").count(),
+        0,
+        "tmp cleaned"
+    );
     assert!(!stray.exists(), "unknown file removed");
     let h = cache.open_object("bkt", "slow", None).await.expect("open");
     assert_eq!(h.outcome, Outcome::Miss);

@@ -31,8 +31,10 @@ fn bin() -> Command {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
-    let (Ok(m), Some(Ok(p))) = (std::fs::metadata(path), path.parent().map(std::fs::metadata))
-    else {
+    let (Ok(m), Some(Ok(p))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
         return false;
     };
     m.dev() != p.dev()
@@ -52,7 +54,11 @@ impl Mount {
         cmd.arg("mount")
             .arg(&path)
             .arg("--foreground")
-            .args(["--endpoint-url", &env.server.endpoint(), "--force-path-style"])
+            .args([
+                "--endpoint-url",
+                &env.server.endpoint(),
+                "--force-path-style",
+            ])
             .arg("--cache-dir")
             .arg(env.cache_dir())
             .args(extra)
@@ -65,10 +71,10 @@ impl Mount {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&m.path) {
-            if let Some(c) = m.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("s3cachefs exited before mounting: {status}");
-                }
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("s3cachefs exited before mounting: {status}");
             }
             assert!(Instant::now() < deadline, "mount did not come up");
             std::thread::sleep(Duration::from_millis(20));
@@ -134,7 +140,11 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
         if e.file_type().expect("type").is_dir() {
             walk(root, &p, out);
         } else {
-            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().to_string();
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .to_string();
             out.insert(rel);
         }
     }
@@ -150,7 +160,8 @@ fn listing_of_2500_keys_and_every_byte_match_the_server() {
         } else {
             format!("n{}/s{}/f{i}.bin", i % 5, i % 7)
         };
-        env.server.put("bkt", &key, pattern(i, (i as usize * 37) % 5000));
+        env.server
+            .put("bkt", &key, pattern(i, (i as usize * 37) % 5000));
         expect.insert(format!("bkt/{key}"));
     }
     let m = Mount::start(&env, &["--cache-max-entries", "5000"]);
@@ -171,7 +182,11 @@ fn listing_of_2500_keys_and_every_byte_match_the_server() {
             format!("n{}/s{}/f{i}.bin", i % 5, i % 7)
         };
         let data = std::fs::read(m.p(&format!("bkt/{key}"))).expect("read");
-        assert_eq!(sha(&data), sha(&pattern(i, (i as usize * 37) % 5000)), "{key}");
+        assert_eq!(
+            sha(&data),
+            sha(&pattern(i, (i as usize * 37) % 5000)),
+            "{key}"
+        );
         let meta = std::fs::metadata(m.p(&format!("bkt/{key}"))).expect("stat");
         assert_eq!(meta.len(), data.len() as u64);
     }
@@ -189,14 +204,30 @@ fn second_read_is_a_hit_and_stats_read_whole_with_any_tool() {
     assert!(s["hits"].as_u64() >= Some(1), "{s}");
     assert_eq!(s["misses"].as_u64(), Some(1), "{s}");
     for field in [
-        "hits", "misses", "hit_rate", "entry_count", "total_size", "max_size", "max_entries",
-        "evictions", "expirations", "etag_validations", "etag_mismatches", "bytes_from_s3",
-        "bytes_from_cache", "downloads_in_flight", "errors", "uptime_seconds",
+        "hits",
+        "misses",
+        "hit_rate",
+        "entry_count",
+        "total_size",
+        "max_size",
+        "max_entries",
+        "evictions",
+        "expirations",
+        "etag_validations",
+        "etag_mismatches",
+        "bytes_from_s3",
+        "bytes_from_cache",
+        "downloads_in_flight",
+        "errors",
+        "uptime_seconds",
     ] {
         assert!(s.get(field).is_some(), "{field} missing from {s}");
     }
     // cat and python read it whole, and ls -a lists it.
-    let cat = Command::new("cat").arg(m.p(".cache-stats")).output().expect("cat");
+    let cat = Command::new("cat")
+        .arg(m.p(".cache-stats"))
+        .output()
+        .expect("cat");
     let v: serde_json::Value = serde_json::from_slice(&cat.stdout).expect("cat output is JSON");
     assert!(v["hits"].is_u64());
     let py = Command::new("python3")
@@ -206,7 +237,11 @@ fn second_read_is_a_hit_and_stats_read_whole_with_any_tool() {
         .output()
         .expect("python3");
     assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "1");
-    let ls = Command::new("ls").arg("-a").arg(&m.path).output().expect("ls");
+    let ls = Command::new("ls")
+        .arg("-a")
+        .arg(&m.path)
+        .output()
+        .expect("ls");
     assert!(String::from_utf8_lossy(&ls.stdout).contains(".cache-stats"));
 }
 
@@ -224,7 +259,10 @@ fn overwrite_is_seen_on_next_open_while_old_handle_keeps_old_bytes() {
     old.read_exact(&mut head).expect("read");
     assert_eq!(head, v1[..1000]);
     env.server.put("bkt", "obj", v2.clone());
-    assert!(std::fs::read(m.p("bkt/obj")).expect("read new") == v2, "new open sees v2");
+    assert!(
+        std::fs::read(m.p("bkt/obj")).expect("read new") == v2,
+        "new open sees v2"
+    );
     let mut rest = Vec::new();
     old.seek(SeekFrom::Start(0)).expect("seek");
     old.read_to_end(&mut rest).expect("read old");
@@ -257,14 +295,20 @@ fn deleted_object_is_enoent_and_writes_are_erofs() {
     );
     erofs(std::fs::create_dir(m.p("bkt/newdir")), "mkdir");
     erofs(std::fs::remove_file(m.p("bkt/dir/keep")), "unlink");
-    erofs(std::fs::rename(m.p("bkt/dir/keep"), m.p("bkt/dir/moved")), "rename");
+    erofs(
+        std::fs::rename(m.p("bkt/dir/keep"), m.p("bkt/dir/moved")),
+        "rename",
+    );
     use std::os::unix::fs::PermissionsExt;
     erofs(
         std::fs::set_permissions(m.p("bkt/dir/keep"), std::fs::Permissions::from_mode(0o777)),
         "chmod",
     );
     erofs(std::fs::write(m.p(".cache-stats"), "x"), "write stats");
-    assert_eq!(std::fs::read(m.p("bkt/dir/keep")).expect("still there"), b"stay");
+    assert_eq!(
+        std::fs::read(m.p("bkt/dir/keep")).expect("still there"),
+        b"stay"
+    );
 }
 
 #[test]
@@ -331,15 +375,28 @@ fn background_mount_returns_when_live_and_unmount_takes_it_down() {
     let out = bin()
         .arg("mount")
         .arg(&mp)
-        .args(["--endpoint-url", &env.server.endpoint(), "--force-path-style", "--bucket", "bkt"])
+        .args([
+            "--endpoint-url",
+            &env.server.endpoint(),
+            "--force-path-style",
+            "--bucket",
+            "bkt",
+        ])
         .arg("--cache-dir")
         .arg(env.cache_dir())
         .output()
         .expect("run");
     let guard = scopeguard(&mp);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_mounted(&mp), "live when the command returns");
-    assert_eq!(std::fs::read_to_string(mp.join("bg")).expect("read"), "background");
+    assert_eq!(
+        std::fs::read_to_string(mp.join("bg")).expect("read"),
+        "background"
+    );
     let st = bin().arg("unmount").arg(&mp).status().expect("unmount");
     assert!(st.success());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -368,15 +425,16 @@ fn scopeguard(p: &Path) -> Unmount {
 fn mount_fails(env: &Env, mp: &Path, extra: &[&str], vars: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = bin();
     let endpoint = env.server.endpoint();
-    let endpoint = if extra.contains(&"--endpoint-url") { None } else { Some(endpoint) };
+    let endpoint = if extra.contains(&"--endpoint-url") {
+        None
+    } else {
+        Some(endpoint)
+    };
     cmd.arg("mount").arg(mp).arg("--force-path-style");
     if let Some(e) = endpoint {
         cmd.args(["--endpoint-url", &e]);
     }
-    cmd
-        .arg("--cache-dir")
-        .arg(env.cache_dir())
-        .args(extra);
+    cmd.arg("--cache-dir").arg(env.cache_dir()).args(extra);
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -398,7 +456,10 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
 
     let (code, err) = mount_fails(&env, &mp, &[], &[("CACHE_MAX_SIZE_MB", "abc")]);
     assert_eq!(code, 2);
-    assert!(err.contains("CACHE_MAX_SIZE_MB") && err.contains("whole number"), "{err}");
+    assert!(
+        err.contains("CACHE_MAX_SIZE_MB") && err.contains("whole number"),
+        "{err}"
+    );
     let (code, err) = mount_fails(&env, &mp, &["--cache-max-entries", "-5"], &[]);
     assert_eq!(code, 2, "{err}");
     let (code, err) = mount_fails(&env, &mp, &[], &[("CACHE_ENABLED", "perhaps")]);
@@ -413,7 +474,17 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
     assert_eq!(code, 1);
     assert!(err.contains("access denied"), "{err}");
 
-    let (code, err) = mount_fails(&env, &mp, &["--endpoint-url", "http://127.0.0.1:9", "--max-attempts", "1"], &[]);
+    let (code, err) = mount_fails(
+        &env,
+        &mp,
+        &[
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--max-attempts",
+            "1",
+        ],
+        &[],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach"), "{err}");
 

@@ -167,7 +167,9 @@ impl TestServer {
                     let sh = sh.clone();
                     async move { Ok::<_, Infallible>(handle(sh, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(socket), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(socket), svc)
+                    .into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -205,7 +207,9 @@ impl TestServer {
             .body(s3s::Body::from(data))
             .expect("request");
         let inner = self.shared.inner.clone();
-        let resp = self.block_on(async move { inner.call(req).await }).expect("put");
+        let resp = self
+            .block_on(async move { inner.call(req).await })
+            .expect("put");
         assert!(resp.status().is_success(), "PUT {uri}: {}", resp.status());
     }
 
@@ -218,8 +222,14 @@ impl TestServer {
             .body(s3s::Body::empty())
             .expect("request");
         let inner = self.shared.inner.clone();
-        let resp = self.block_on(async move { inner.call(req).await }).expect("delete");
-        assert!(resp.status().is_success(), "DELETE {uri}: {}", resp.status());
+        let resp = self
+            .block_on(async move { inner.call(req).await })
+            .expect("delete");
+        assert!(
+            resp.status().is_success(),
+            "DELETE {uri}: {}",
+            resp.status()
+        );
     }
 
     /// Runs a future on the server's runtime from outside it.
@@ -299,7 +309,11 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
     let kind = classify(&method, &path, &query);
     *sh.counters.by_kind.lock().entry(kind).or_default() += 1;
     if kind == Kind::Get {
-        *sh.counters.gets_by_path.lock().entry(path.clone()).or_default() += 1;
+        *sh.counters
+            .gets_by_path
+            .lock()
+            .entry(path.clone())
+            .or_default() += 1;
     }
     let latency = sh.faults.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
@@ -356,7 +370,8 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
     if kind != Kind::Get || !resp.status().is_success() {
         return resp;
     }
-    let cut = take_one(&sh.faults.cut_next_gets).then(|| sh.faults.cut_after.load(Ordering::SeqCst));
+    let cut =
+        take_one(&sh.faults.cut_next_gets).then(|| sh.faults.cut_after.load(Ordering::SeqCst));
     let stall =
         take_one(&sh.faults.stall_next_gets).then(|| sh.faults.stall_after.load(Ordering::SeqCst));
     let rate = sh.faults.get_rate.load(Ordering::Relaxed);
