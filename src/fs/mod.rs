@@ -535,7 +535,10 @@ mod tests {
         let data = fs.read(opened.fh, 0, 100).await.expect("read");
         assert_eq!(&data[..], b"odd/a/b");
         assert_eq!(fs.lookup(odd.ino, "..").await, Err(FsError::NotFound));
-        assert_eq!(fs.open(b.ino, true, false).await.err(), Some(FsError::ReadOnly));
+        assert_eq!(
+            fs.open(b.ino, true, false).await.err(),
+            Some(FsError::ReadOnly)
+        );
     }
 
     #[tokio::test]
