@@ -510,6 +510,16 @@ impl Cache {
         flight.await
     }
 
+    /// Empties the cache. Handles already open keep reading their (now unlinked) files;
+    /// downloads under way still land afterwards. Returns the number of entries removed.
+    pub fn clear(&self) -> usize {
+        let Some(disk) = &self.inner.disk else { return 0 };
+        let keys = disk.index.lock().keys_lru_first();
+        self.inner.remove_entries(&keys);
+        info!(entries = keys.len(), "cache cleared");
+        keys.len()
+    }
+
     /// Removes expired entries now (the background sweep does this periodically).
     pub fn sweep_expired(&self) -> usize {
         self.inner.sweep()

@@ -435,3 +435,22 @@ async fn killed_download_leaves_no_final_file_and_next_start_cleans_up() {
     assert_eq!(h.outcome, Outcome::Miss);
     assert_eq!(read_all(&h).await, data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_empties_the_cache_but_open_handles_keep_reading() {
+    let env = Env::new();
+    env.server.put("bkt", "a", pattern(1, 10_000));
+    env.server.put("bkt", "b", pattern(2, 10_000));
+    let cache = env.cache(env.cache_config()).await;
+    let h = cache.open_object("bkt", "a", None).await.expect("open");
+    cache.open_object("bkt", "b", None).await.expect("open");
+    assert_eq!(cache.clear(), 2);
+    let s = cache.stats();
+    assert_eq!((s.entry_count, s.total_size), (0, 0));
+    assert!(!cache.entry_path("bkt", "a").expect("path").exists());
+    assert_eq!(read_all(&h).await, pattern(1, 10_000));
+    cache.close().expect("close");
+    drop(cache);
+    let cache = env.cache(env.cache_config()).await;
+    assert_eq!(cache.stats().entry_count, 0, "cleared for good");
+}
