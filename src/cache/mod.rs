@@ -10,6 +10,7 @@
 mod clock;
 pub mod db;
 mod index;
+pub mod inspect;
 mod key;
 mod layout;
 mod stats;
