@@ -8,6 +8,10 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
 
+use crate::admin::Limits;
+use crate::admin::clear::ClearTarget;
+use crate::admin::stats::StatsTarget;
+use crate::admin::warm::WarmSettings;
 use crate::cache::CacheConfig;
 use crate::config::{
     self, Config, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE_MB, DEFAULT_METADATA_TTL_SECS,
@@ -38,12 +42,238 @@ pub enum Command {
     Mount(Box<MountArgs>),
     /// Unmount an s3cachefs mount
     Unmount(UnmountArgs),
+    /// Show how the cache is doing: hit rate, size and entries of their limits, bytes saved
+    Stats(StatsArgs),
+    /// Empty the cache, also while it is mounted (files already open keep reading)
+    Clear(ClearArgs),
+    /// Fetch files, directories or s3:// prefixes into the cache ahead of use
+    Warm(Box<WarmArgs>),
 }
 
 #[derive(Debug, Args)]
 pub struct UnmountArgs {
     /// The mount to take down
     pub mountpoint: PathBuf,
+}
+
+/// `--cache-dir`, for the commands that work on a cache without mounting it.
+#[derive(Debug, Args)]
+pub struct CacheDirArg {
+    /// Cache directory [default: $XDG_CACHE_HOME/s3cachefs or ~/.cache/s3cachefs]
+    #[arg(long, env = "CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheDirArg {
+    pub fn resolve(&self) -> Result<PathBuf, ConfigError> {
+        match &self.cache_dir {
+            Some(d) => Ok(config::absolute(d)),
+            None => config::default_cache_dir(),
+        }
+    }
+}
+
+/// The limits a cache is compared with when no mount says what they are.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Size limit when no mount has the cache, in MiB [default: 500]
+    #[arg(long, env = "CACHE_MAX_SIZE_MB", value_name = "MB")]
+    pub cache_max_size_mb: Option<String>,
+    /// Entry limit when no mount has the cache [default: 200]
+    #[arg(long, env = "CACHE_MAX_ENTRIES", value_name = "N")]
+    pub cache_max_entries: Option<String>,
+}
+
+impl LimitArgs {
+    pub fn to_limits(&self, m: &ArgMatches) -> Result<Limits, ConfigError> {
+        let max_size_mb = match &self.cache_max_size_mb {
+            Some(v) => config::parse_u64_in(
+                &origin(
+                    m,
+                    "cache_max_size_mb",
+                    "cache-max-size-mb",
+                    "CACHE_MAX_SIZE_MB",
+                ),
+                v,
+                1,
+                1 << 30,
+                "megabytes",
+            )?,
+            None => DEFAULT_MAX_SIZE_MB,
+        };
+        let max_entries = match &self.cache_max_entries {
+            Some(v) => config::parse_u64_in(
+                &origin(
+                    m,
+                    "cache_max_entries",
+                    "cache-max-entries",
+                    "CACHE_MAX_ENTRIES",
+                ),
+                v,
+                1,
+                100_000_000,
+                "entries",
+            )?,
+            None => DEFAULT_MAX_ENTRIES,
+        };
+        Ok(Limits {
+            max_size: max_size_mb * 1024 * 1024,
+            max_entries,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// A mountpoint (or any path in a mount). Without it, the cache directory is read, or
+    /// the mount using it is asked
+    pub mountpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache_dir: CacheDirArg,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Print the JSON document instead of the summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StatsArgs {
+    pub fn to_target(&self, m: &ArgMatches) -> Result<StatsTarget, ConfigError> {
+        Ok(match &self.mountpoint {
+            Some(p) => StatsTarget::Mount(p.clone()),
+            None => StatsTarget::CacheDir {
+                dir: self.cache_dir.resolve()?,
+                limits: self.limits.to_limits(m)?,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// A mountpoint (or any path in a mount) whose cache to empty. Without it, the cache
+    /// directory is emptied, by the mount using it if there is one
+    pub mountpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache_dir: CacheDirArg,
+}
+
+impl ClearArgs {
+    pub fn to_target(&self) -> Result<ClearTarget, ConfigError> {
+        Ok(match &self.mountpoint {
+            Some(p) => ClearTarget::Mount(p.clone()),
+            None => ClearTarget::CacheDir(self.cache_dir.resolve()?),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Files or directories in a mount, or s3://BUCKET/PREFIX (into the cache of
+    /// --cache-dir: through the mount using it, or directly when none does)
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Objects fetched at once [default: 8]
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<String>,
+    #[command(flatten)]
+    pub cache_dir: CacheDirArg,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Age after which a cached object is fetched again, in hours, when no mount has the
+    /// cache [default: 24]
+    #[arg(long, env = "CACHE_TTL_HOURS", value_name = "HOURS")]
+    pub cache_ttl_hours: Option<String>,
+
+    /// AWS profile (for s3:// when no mount has the cache); also part of the cache key
+    #[arg(
+        long,
+        env = "AWS_PROFILE",
+        value_name = "NAME",
+        help_heading = "S3 connection (s3:// with no mount)"
+    )]
+    pub profile: Option<String>,
+    /// AWS region (default: from the profile, else us-east-1)
+    #[arg(
+        long,
+        env = "AWS_REGION",
+        value_name = "REGION",
+        help_heading = "S3 connection (s3:// with no mount)"
+    )]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL",
+        value_name = "URL",
+        help_heading = "S3 connection (s3:// with no mount)"
+    )]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as http://host/bucket (most S3-compatible servers need this)
+    #[arg(
+        long,
+        env = "S3CACHEFS_FORCE_PATH_STYLE",
+        help_heading = "S3 connection (s3:// with no mount)"
+    )]
+    pub force_path_style: bool,
+    /// Attempts per S3 request [default: 5]
+    #[arg(
+        long,
+        env = "S3CACHEFS_MAX_ATTEMPTS",
+        value_name = "N",
+        help_heading = "S3 connection (s3:// with no mount)"
+    )]
+    pub max_attempts: Option<String>,
+}
+
+impl WarmArgs {
+    pub fn to_settings(&self, m: &ArgMatches) -> Result<WarmSettings, ConfigError> {
+        let jobs = match &self.jobs {
+            Some(v) => {
+                config::parse_u64_in(&origin(m, "jobs", "jobs", "--jobs"), v, 1, 256, "jobs")?
+                    as usize
+            }
+            None => 8,
+        };
+        let ttl_hours = match &self.cache_ttl_hours {
+            Some(v) => config::parse_f64_in(
+                &origin(m, "cache_ttl_hours", "cache-ttl-hours", "CACHE_TTL_HOURS"),
+                v,
+                0.001,
+                24.0 * 365.0 * 100.0,
+                "hours",
+            )?,
+            None => DEFAULT_TTL_HOURS,
+        };
+        let max_attempts = match &self.max_attempts {
+            Some(v) => config::parse_u64_in(
+                &origin(m, "max_attempts", "max-attempts", "S3CACHEFS_MAX_ATTEMPTS"),
+                v,
+                1,
+                20,
+                "attempts",
+            )? as u32,
+            None => 5,
+        };
+        let profile = self.profile.clone().filter(|p| !p.is_empty());
+        Ok(WarmSettings {
+            targets: self.paths.clone(),
+            jobs,
+            cache_dir: self.cache_dir.resolve()?,
+            limits: self.limits.to_limits(m)?,
+            ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
+            s3: S3Options {
+                profile: profile.clone(),
+                region: self.region.clone().filter(|r| !r.is_empty()),
+                endpoint_url: self.endpoint_url.clone().filter(|u| !u.is_empty()),
+                force_path_style: self.force_path_style,
+                max_attempts,
+                ..S3Options::default()
+            },
+            profile: profile.unwrap_or_else(|| "default".into()),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -8,19 +8,33 @@
 //! - `main.rs` / [`cli`]: flags and environment, validated into a [`config::Config`];
 //!   logging; running in the background. `anyhow` lives only in `main.rs`.
 //! - [`config`]: the validated settings and their defaults (one place).
-//! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals).
+//! - [`fstab`]: `/etc/fstab` lines: a mount.fuse3 call turned into `s3cachefs mount` flags.
+//! - [`admin`]: the operating commands `stats`, `clear` and `warm`, on a live mount or on an
+//!   unmounted cache directory.
+//! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
+//!   control socket, periodic summaries in the log).
+//! - [`control`]: a running mount's control socket (`<cache dir>/control.sock`): the
+//!   server the mount runs, the client the commands use, and the registry that finds the
+//!   socket from a mountpoint.
+//! - [`prefetch`]: warming with an open cache: what an `s3://` prefix names, and one
+//!   object opened through the cache.
 //! - [`fuse`]: the only module that sees `fuser`: kernel requests to [`fs`] calls.
 //! - [`fs`]: filesystem logic with no FUSE types: inodes, listings, open handles,
 //!   `.cache-stats`, errno mapping.
 //! - [`cache`]: the read-through cache: keys, the sharded store on disk, the persistent
-//!   LRU index (redb), limits, TTL, downloads and the `.cache-stats` counters.
+//!   LRU index (redb), limits, TTL, downloads and the `.cache-stats` counters;
+//!   [`cache::inspect`] reads an unmounted cache directory.
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
 //!   module that sees the AWS SDK.
 
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod fs;
+pub mod fstab;
 pub mod fuse;
 pub mod mount;
+pub mod prefetch;
 pub mod store;

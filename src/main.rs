@@ -1,5 +1,6 @@
 //! The `s3cachefs` command: parse, set up logging, hand over to the library.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -10,15 +11,28 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 
+use s3cachefs::admin::{clear, stats, warm};
 use s3cachefs::cli::{Cli, Command};
 use s3cachefs::config::Config;
+use s3cachefs::fstab;
 
 /// Set in the background child: the fd to report readiness on.
 const READY_FD_ENV: &str = "S3CACHEFS_READY_FD";
 const READY_FD: RawFd = 3;
 
 fn main() -> ExitCode {
-    let matches = match Cli::command().try_get_matches() {
+    let argv = match command_line() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("s3cachefs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(argv) = argv else {
+        // mount -f (fake): the fstab line translated; nothing to mount.
+        return ExitCode::SUCCESS;
+    };
+    let matches = match Cli::command().try_get_matches_from(&argv) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
@@ -45,7 +59,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match mount(cfg) {
+            match mount(cfg, &argv[1..]) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("s3cachefs: {e:#}");
@@ -60,6 +74,93 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Stats(a) => {
+            let target = match a.to_target(sub_matches(&matches)) {
+                Ok(t) => t,
+                Err(e) => return config_error(e),
+            };
+            finish(admin(async move {
+                let report = stats::collect(&target).await?;
+                if a.json {
+                    print!("{}", report.json);
+                } else {
+                    print!("{}", stats::render(&report));
+                }
+                Ok(())
+            }))
+        }
+        Command::Clear(a) => {
+            let target = match a.to_target() {
+                Ok(t) => t,
+                Err(e) => return config_error(e),
+            };
+            finish(admin(async move {
+                println!("s3cachefs: {}", clear::clear(&target).await?);
+                Ok(())
+            }))
+        }
+        Command::Warm(a) => {
+            let settings = match a.to_settings(sub_matches(&matches)) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            finish(admin(async move {
+                let report = warm::run(&settings).await?;
+                print!("{report}");
+                match report.failures() {
+                    0 => Ok(()),
+                    n => anyhow::bail!("{n} could not be warmed"),
+                }
+            }))
+        }
+    }
+}
+
+/// The arguments to parse: as given, or, when mount(8) / mount.fuse3 runs us for an
+/// `/etc/fstab` line, the `s3cachefs mount ...` they stand for. `None`: mount's fake mode.
+fn command_line() -> Result<Option<Vec<OsString>>> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let subcommands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect();
+    let names: Vec<&str> = subcommands.iter().map(String::as_str).collect();
+    if !fstab::is_helper_call(&argv, &names) {
+        return Ok(Some(argv));
+    }
+    let call = fstab::parse_helper_args(&argv[1..])?;
+    let mut translated = vec![OsString::from("s3cachefs")];
+    translated.extend(fstab::mount_args(&call)?);
+    Ok((!call.fake).then_some(translated))
+}
+
+fn sub_matches(m: &clap::ArgMatches) -> &clap::ArgMatches {
+    m.subcommand().map(|(_, s)| s).unwrap_or(m)
+}
+
+fn config_error(e: s3cachefs::config::ConfigError) -> ExitCode {
+    eprintln!("s3cachefs: {e}");
+    ExitCode::from(2)
+}
+
+/// Runs an operating command on a small runtime of its own.
+fn admin(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(work)
+}
+
+fn finish(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("s3cachefs: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -78,9 +179,11 @@ fn init_logging(verbosity: u8) {
         .try_init();
 }
 
-fn mount(cfg: Config) -> Result<()> {
+/// `args`: the command line after argv\[0\] (translated from an fstab call if it was
+/// one), for the background child to run again in the foreground.
+fn mount(cfg: Config, args: &[OsString]) -> Result<()> {
     if !cfg.mount.foreground {
-        return spawn_background(&cfg);
+        return spawn_background(&cfg, args);
     }
     init_logging(cfg.verbosity);
     // In the background child, readiness goes back to the waiting parent on fd 3.
@@ -100,7 +203,7 @@ fn mount(cfg: Config) -> Result<()> {
 }
 
 /// Runs the mount in a detached child and waits until it is live (or has failed).
-fn spawn_background(cfg: &Config) -> Result<()> {
+fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
     let log = cfg
         .mount
         .log_file
@@ -123,7 +226,7 @@ fn spawn_background(cfg: &Config) -> Result<()> {
     let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
     let write_end = fds[1];
     let exe = std::env::current_exe().context("finding the s3cachefs binary")?;
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args = args.to_vec();
     args.push("--foreground".into());
     let mut child = Process::new(exe);
     child

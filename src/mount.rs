@@ -1,13 +1,16 @@
 //! Putting a mount together: check the mountpoint, reach S3, open the cache, mount, serve
-//! until unmounted or signalled, close the cache cleanly.
+//! until unmounted or signalled, close the cache cleanly. Alongside: the control socket
+//! (`s3cachefs stats/clear/warm`) and a periodic summary of the counters in the log.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::cache::{Cache, CacheError, SystemClock};
 use crate::config::{Config, Source};
+use crate::control::{self, ControlServer};
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse;
 use crate::store::{ObjectStore, S3Store, StoreError};
@@ -109,6 +112,8 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
         .build()
         .map_err(MountError::Runtime)?;
     let (fs, cache) = rt.block_on(prepare(&cfg))?;
+    let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
+    rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
         fuse::mount(fs, rt.handle().clone(), &cfg.mount).map_err(|source| MountError::Fuse {
             path: cfg.mount.mountpoint.display().to_string(),
@@ -134,6 +139,8 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
     });
     tell(Ok(()));
     let served = mounted.run();
+    // Nothing may ask the cache for anything once it is closed.
+    drop(control);
     if let Err(e) = cache.close() {
         warn!(error = %e, "closing the cache");
     }
@@ -143,6 +150,62 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
         path: cfg.mount.mountpoint.display().to_string(),
         source,
     })
+}
+
+/// How often the log gets a summary of the cache counters.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Starts the control socket that `s3cachefs stats/clear/warm` talk to. There is none when
+/// the cache is off (nothing to clear or warm); a mount works without it, so a failure
+/// is only a warning.
+fn start_control(
+    rt: &tokio::runtime::Runtime,
+    cache: &Cache,
+    mountpoint: &Path,
+) -> Option<ControlServer> {
+    let socket = control::socket_path(cache.dir()?);
+    // Canonical, as `s3cachefs clear MOUNTPOINT` resolves its argument.
+    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.into());
+    let _in_runtime = rt.enter();
+    match ControlServer::start(cache.clone(), &socket, &mountpoint) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e, "no control socket: `s3cachefs clear` and `warm s3://` cannot reach this mount");
+            None
+        }
+    }
+}
+
+/// Logs the cache counters every `every` while the mount is used; an idle mount adds
+/// nothing to the log.
+async fn log_summaries(cache: Cache, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let s = cache.stats();
+        let activity = Some((s.hits, s.misses, s.errors));
+        if activity == last {
+            continue;
+        }
+        last = activity;
+        info!(
+            hits = s.hits,
+            misses = s.misses,
+            hit_rate = s.hit_rate,
+            size_mb = s.total_size >> 20,
+            max_size_mb = s.max_size >> 20,
+            entries = s.entry_count,
+            max_entries = s.max_entries,
+            evictions = s.evictions,
+            bytes_from_cache = s.bytes_from_cache,
+            bytes_from_s3 = s.bytes_from_s3,
+            errors = s.errors,
+            "cache summary"
+        );
+    }
 }
 
 async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {

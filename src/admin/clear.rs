@@ -1,0 +1,171 @@
+//! `s3cachefs clear`: empties a cache. A live mount is asked to do it over its control
+//! socket (a second process cannot open a cache a mount holds, and the mount's open
+//! handles must keep reading); an unmounted cache directory is opened and cleared here.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{AdminError, Limits, cache_config, locate};
+use crate::cache::inspect::InspectError;
+use crate::cache::{Cache, CacheError, LayoutError, SystemClock};
+use crate::control::{ControlError, Request, Response};
+use crate::store::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult};
+
+#[derive(Debug, Clone)]
+pub enum ClearTarget {
+    /// A mountpoint or any path in a mount.
+    Mount(PathBuf),
+    CacheDir(PathBuf),
+}
+
+/// Who emptied the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClearedBy {
+    Mount {
+        mountpoint: PathBuf,
+        cache_dir: PathBuf,
+    },
+    /// Nothing had the directory mounted.
+    Directly { cache_dir: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    pub removed: u64,
+    pub by: ClearedBy,
+}
+
+impl std::fmt::Display for Cleared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.by {
+            ClearedBy::Mount {
+                mountpoint,
+                cache_dir,
+            } => write!(
+                f,
+                "cleared {} entries from {} (the mount at {} did it; files open there keep reading)",
+                self.removed,
+                cache_dir.display(),
+                mountpoint.display()
+            ),
+            ClearedBy::Directly { cache_dir } => write!(
+                f,
+                "cleared {} entries from {} (not mounted)",
+                self.removed,
+                cache_dir.display()
+            ),
+        }
+    }
+}
+
+pub async fn clear(target: &ClearTarget) -> Result<Cleared, AdminError> {
+    match target {
+        ClearTarget::Mount(path) => {
+            let root = locate::mount_root(path)?;
+            let (mut client, status) = locate::connect_mount(&root).await?;
+            ask(&mut client, status).await
+        }
+        ClearTarget::CacheDir(dir) => {
+            if let Some((mut client, status)) = locate::connect_cache_dir(dir).await {
+                return ask(&mut client, status).await;
+            }
+            clear_directly(dir).await
+        }
+    }
+}
+
+async fn ask(
+    client: &mut crate::control::Client,
+    status: crate::control::MountStatus,
+) -> Result<Cleared, AdminError> {
+    match client.call(&Request::Clear).await? {
+        Response::Cleared { removed } => Ok(Cleared {
+            removed,
+            by: ClearedBy::Mount {
+                mountpoint: status.mountpoint,
+                cache_dir: status.cache_dir,
+            },
+        }),
+        other => Err(ControlError::Protocol(format!("{other:?}")).into()),
+    }
+}
+
+async fn clear_directly(dir: &Path) -> Result<Cleared, AdminError> {
+    if !dir.join("index.redb").is_file() {
+        return Err(if dir.is_dir() {
+            InspectError::NotACache(dir.to_path_buf())
+        } else {
+            InspectError::Missing(dir.to_path_buf())
+        }
+        .into());
+    }
+    // Limits far above anything stored, so opening trims nothing before the clear.
+    let limits = Limits {
+        max_size: u64::MAX >> 2,
+        max_entries: u64::MAX >> 2,
+    };
+    let cfg = cache_config(
+        dir.to_path_buf(),
+        limits,
+        Duration::from_secs(u32::MAX as u64),
+        "default".into(),
+    );
+    let cache = Cache::open(cfg, Arc::new(NoStore), Arc::new(SystemClock)).map_err(|e| match e {
+        CacheError::Layout(LayoutError::Locked { dir, holder }) => AdminError::NotAMount(format!(
+            "cache directory {} is in use by a running s3cachefs mount{holder} that does not \
+             answer on its control socket; run `s3cachefs clear MOUNTPOINT`",
+            dir.display()
+        )),
+        other => other.into(),
+    })?;
+    // After a crash, recovery also removes files the index does not know: let it finish
+    // so the directory really ends up empty.
+    cache.wait_recovered().await;
+    let c = cache.clone();
+    let removed = tokio::task::spawn_blocking(move || c.clear())
+        .await
+        .map_err(|e| AdminError::Other(e.to_string()))?;
+    cache.close()?;
+    Ok(Cleared {
+        removed: removed as u64,
+        by: ClearedBy::Directly {
+            cache_dir: dir.to_path_buf(),
+        },
+    })
+}
+
+/// Clearing never talks to S3; a cache still needs a store to open.
+struct NoStore;
+
+fn no_store<T>() -> StoreResult<T> {
+    Err(StoreError::Other("clearing a cache does not use S3".into()))
+}
+
+#[async_trait]
+impl ObjectStore for NoStore {
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        no_store()
+    }
+    async fn head_bucket(&self, _: &str) -> StoreResult<()> {
+        no_store()
+    }
+    async fn list(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Listing> {
+        no_store()
+    }
+    async fn head(&self, _: &str, _: &str) -> StoreResult<ObjectMeta> {
+        no_store()
+    }
+    async fn get_range(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<Range<u64>>,
+        _: Option<&str>,
+    ) -> StoreResult<GetObject> {
+        no_store()
+    }
+}

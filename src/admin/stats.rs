@@ -1,0 +1,260 @@
+//! `s3cachefs stats`: the `.cache-stats` document of a live mount, or what the index of an
+//! unmounted cache directory holds, as a short human summary or as raw JSON.
+//!
+//! For a cache directory nobody has mounted, the JSON has the fields of `.cache-stats`
+//! that the index on disk can answer: `entry_count`, `total_size`, `max_size` and
+//! `max_entries` (the limits of your settings: flags, environment or defaults, since a
+//! cache directory does not record them), plus `cache_dir`, `mounted` (false) and
+//! `clean_shutdown`. The counters (`hits`, `misses`, `hit_rate`, `evictions`,
+//! `bytes_from_cache`, ...) live only in a running mount's memory and are left out rather
+//! than shown as zeros.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::locate::{self, STATS_FILE};
+use super::{AdminError, Limits, human_bytes, human_duration};
+use crate::cache::inspect::{self, InspectError};
+
+/// What to report on.
+#[derive(Debug, Clone)]
+pub enum StatsTarget {
+    /// A mountpoint or any path in a mount.
+    Mount(PathBuf),
+    /// A cache directory, with the limits to compare with if nothing has it mounted.
+    CacheDir { dir: PathBuf, limits: Limits },
+}
+
+/// Where the numbers came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A live mount's counters.
+    Mount { mountpoint: PathBuf },
+    /// The index of a cache directory nobody has mounted.
+    Dir { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub origin: Origin,
+    /// The document as `--json` prints it: `.cache-stats` exactly as the mount wrote it, or
+    /// the fields a bare directory can answer (see the module docs).
+    pub json: String,
+    pub doc: Value,
+}
+
+pub async fn collect(target: &StatsTarget) -> Result<Report, AdminError> {
+    match target {
+        StatsTarget::Mount(path) => {
+            let root = locate::mount_root(path)?;
+            let file = root.join(STATS_FILE);
+            let json = std::fs::read_to_string(&file).map_err(|source| AdminError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let doc = serde_json::from_str(&json)
+                .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;
+            Ok(Report {
+                origin: Origin::Mount { mountpoint: root },
+                json,
+                doc,
+            })
+        }
+        StatsTarget::CacheDir { dir, limits } => {
+            let dir = dir.clone();
+            let inspected = {
+                let d = dir.clone();
+                // redb reads the whole index: blocking work.
+                tokio::task::spawn_blocking(move || inspect::inspect(&d))
+                    .await
+                    .map_err(|e| AdminError::Other(e.to_string()))?
+            };
+            match inspected {
+                Ok(s) => {
+                    let doc = json!({
+                        "mounted": false,
+                        "cache_dir": s.dir,
+                        "entry_count": s.entry_count,
+                        "total_size": s.total_size,
+                        "max_size": limits.max_size,
+                        "max_entries": limits.max_entries,
+                        "clean_shutdown": s.clean,
+                    });
+                    Ok(Report {
+                        origin: Origin::Dir { dir: s.dir },
+                        json: pretty(&doc),
+                        doc,
+                    })
+                }
+                Err(InspectError::InUse { dir, holder }) => {
+                    // A mount holds the directory: ask it.
+                    match locate::connect_cache_dir(&dir).await {
+                        Some((_, status)) => Ok(Report {
+                            origin: Origin::Mount {
+                                mountpoint: status.mountpoint,
+                            },
+                            json: pretty(&status.stats),
+                            doc: status.stats,
+                        }),
+                        None => Err(AdminError::NotAMount(format!(
+                            "cache directory {} is in use by a running s3cachefs mount{holder} \
+                             that does not answer on {}; run `s3cachefs stats MOUNTPOINT`",
+                            dir.display(),
+                            crate::control::socket_path(&dir).display()
+                        ))),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return String::new();
+    }
+    format!(" ({:.0}%)", part as f64 / whole as f64 * 100.0)
+}
+
+/// The human summary: hit rate, size used of the limit, entries of the limit, evictions
+/// and bytes saved (read from the cache instead of S3).
+pub fn render(report: &Report) -> String {
+    let d = &report.doc;
+    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        out.push_str(&format!("  {label:<12} {value}\n"));
+    };
+    let head = match &report.origin {
+        Origin::Mount { mountpoint } => {
+            let state = if d.get("enabled").and_then(Value::as_bool) == Some(false) {
+                ", cache off"
+            } else {
+                ""
+            };
+            format!(
+                "s3cachefs mount at {} (up {}{state})\n",
+                mountpoint.display(),
+                human_duration(n("uptime_seconds"))
+            )
+        }
+        Origin::Dir { dir } => format!("s3cachefs cache at {} (not mounted)\n", dir.display()),
+    };
+    let (size, max_size, count, max_entries) = (
+        n("total_size"),
+        n("max_size"),
+        n("entry_count"),
+        n("max_entries"),
+    );
+    if let Origin::Mount { .. } = report.origin {
+        let rate = d.get("hit_rate").and_then(Value::as_f64).unwrap_or(0.0);
+        line(
+            "hit rate",
+            format!(
+                "{:.1}% ({} hits, {} misses)",
+                rate * 100.0,
+                n("hits"),
+                n("misses")
+            ),
+        );
+    }
+    line(
+        "size",
+        format!(
+            "{} of {}{}",
+            human_bytes(size),
+            human_bytes(max_size),
+            percent(size, max_size)
+        ),
+    );
+    line(
+        "entries",
+        format!("{count} of {max_entries}{}", percent(count, max_entries)),
+    );
+    match report.origin {
+        Origin::Mount { .. } => {
+            line("evictions", n("evictions").to_string());
+            line(
+                "bytes saved",
+                format!(
+                    "{} read from the cache instead of S3 ({} from S3)",
+                    human_bytes(n("bytes_from_cache")),
+                    human_bytes(n("bytes_from_s3"))
+                ),
+            );
+            if n("errors") > 0 {
+                line("errors", n("errors").to_string());
+            }
+        }
+        Origin::Dir { .. } => {
+            out.push_str(
+                "  hit rate, evictions and bytes saved are counted by a running mount: \
+                 `s3cachefs stats MOUNTPOINT`\n",
+            );
+            if d.get("clean_shutdown").and_then(Value::as_bool) == Some(false) {
+                out.push_str(
+                    "  the last mount did not shut down cleanly: the next one re-checks \
+                     cached files before using them\n",
+                );
+            }
+        }
+    }
+    format!("{head}{out}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_a_live_mount() {
+        let doc = json!({
+            "enabled": true, "hits": 7, "misses": 1, "hit_rate": 0.875,
+            "entry_count": 3, "total_size": 3 << 20, "max_size": 500u64 << 20,
+            "max_entries": 200, "evictions": 2, "bytes_from_cache": 7u64 << 20,
+            "bytes_from_s3": 1u64 << 20, "uptime_seconds": 3725, "errors": 0
+        });
+        let r = Report {
+            origin: Origin::Mount {
+                mountpoint: "/mnt/s3".into(),
+            },
+            json: pretty(&doc),
+            doc,
+        };
+        let s = render(&r);
+        assert!(s.contains("/mnt/s3 (up 1h 2m)"), "{s}");
+        assert!(s.contains("87.5% (7 hits, 1 misses)"), "{s}");
+        assert!(s.contains("3.0 MiB of 500.0 MiB (1%)"), "{s}");
+        assert!(s.contains("3 of 200 (2%)"), "{s}");
+        assert!(s.contains("evictions    2"), "{s}");
+        assert!(s.contains("7.0 MiB read from the cache"), "{s}");
+        assert!(!s.contains("errors"), "{s}");
+    }
+
+    #[test]
+    fn summary_of_a_bare_directory_has_no_counters() {
+        let doc = json!({
+            "mounted": false, "cache_dir": "/c", "entry_count": 1, "total_size": 10,
+            "max_size": 100, "max_entries": 4, "clean_shutdown": false
+        });
+        let r = Report {
+            origin: Origin::Dir { dir: "/c".into() },
+            json: pretty(&doc),
+            doc,
+        };
+        let s = render(&r);
+        assert!(s.contains("/c (not mounted)"), "{s}");
+        assert!(s.contains("10 B of 100 B (10%)"), "{s}");
+        assert!(s.contains("1 of 4 (25%)"), "{s}");
+        assert!(!s.contains("hit rate  "), "{s}");
+        assert!(s.contains("did not shut down cleanly"), "{s}");
+    }
+}
