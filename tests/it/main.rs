@@ -7,3 +7,4 @@ mod s3server;
 mod cache_engine;
 mod common;
 mod mount;
+mod ops;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{ACCESS_KEY, Env, SECRET_KEY, pattern};
 
-fn bin() -> Command {
+pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_s3cachefs"));
     // Nothing from the caller's AWS setup leaks in.
     for (k, _) in std::env::vars() {

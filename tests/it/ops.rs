@@ -1,0 +1,414 @@
+//! Operating it: `s3cachefs stats`, `clear` and `warm` against a live mount and a bare
+//! cache directory, and a mount from an fstab-style `mount.fuse3` call.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Env, pattern};
+use crate::mount::{Mount, bin, is_mounted};
+
+/// Runs `s3cachefs ARGS` to completion.
+fn run(args: &[&str], extra: &[&Path]) -> Output {
+    let mut c = bin();
+    c.args(args).args(extra);
+    c.output().expect("run s3cachefs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("stdout is JSON")
+}
+
+fn cache_dir_arg(env: &Env) -> String {
+    env.cache_dir().display().to_string()
+}
+
+fn n(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+}
+
+#[test]
+fn stats_of_a_live_mount_and_of_a_bare_cache_dir_agree_with_cache_stats() {
+    let env = Env::new();
+    env.server.put("bkt", "a.bin", pattern(1, 300_000));
+    env.server.put("bkt", "b.bin", pattern(2, 5_000));
+    let mut m = Mount::start(&env, &[]);
+    for _ in 0..2 {
+        std::fs::read(m.p("bkt/a.bin")).expect("read a");
+    }
+    std::fs::read(m.p("bkt/b.bin")).expect("read b");
+    wait_entries(&m.path, 2);
+    let file = m.stats();
+
+    let live = json(&run(&["stats", "--json"], &[&m.path]));
+    for f in [
+        "hits",
+        "misses",
+        "entry_count",
+        "total_size",
+        "max_size",
+        "max_entries",
+        "evictions",
+        "bytes_from_s3",
+        "bytes_from_cache",
+    ] {
+        assert_eq!(live[f], file[f], "{f}: {live} vs {file}");
+    }
+    assert_eq!(n(&live, "entry_count"), 2);
+    assert_eq!(n(&live, "total_size"), 305_000);
+
+    // Any path in the mount names it.
+    let human = ok(&run(&["stats"], &[&m.p("bkt")]));
+    assert!(human.contains("hit rate"), "{human}");
+    assert!(
+        human.contains(&format!(
+            "({} hits, {} misses)",
+            n(&file, "hits"),
+            n(&file, "misses")
+        )),
+        "{human}"
+    );
+    assert!(human.contains("2 of 200"), "{human}");
+    assert!(human.contains("bytes saved"), "{human}");
+
+    // The cache directory of a live mount: the mount is asked.
+    let via_dir = json(&run(
+        &["stats", "--json", "--cache-dir", &cache_dir_arg(&env)],
+        &[],
+    ));
+    assert_eq!(via_dir["entry_count"], file["entry_count"], "{via_dir}");
+    assert_eq!(via_dir["misses"], file["misses"], "{via_dir}");
+
+    let last = m.stats();
+    assert!(m.stop().success());
+
+    // Nothing mounted: the index on disk says the same about entries and bytes.
+    let bare = json(&run(
+        &["stats", "--json", "--cache-dir", &cache_dir_arg(&env)],
+        &[],
+    ));
+    for f in ["entry_count", "total_size", "max_size", "max_entries"] {
+        assert_eq!(bare[f], last[f], "{f}: {bare} vs {last}");
+    }
+    assert_eq!(bare["mounted"], Value::Bool(false));
+    assert_eq!(bare["clean_shutdown"], Value::Bool(true));
+    assert!(bare.get("hits").is_none(), "no live counters: {bare}");
+    let human = ok(&run(&["stats", "--cache-dir", &cache_dir_arg(&env)], &[]));
+    assert!(human.contains("(not mounted)"), "{human}");
+    assert!(human.contains("2 of 200"), "{human}");
+
+    // A directory that is no cache is named as such, and left untouched.
+    let other = env.tmp.path().join("not-a-cache");
+    std::fs::create_dir(&other).expect("mkdir");
+    let out = run(&["stats", "--cache-dir"], &[&other]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an s3cachefs cache directory"));
+    assert_eq!(std::fs::read_dir(&other).expect("ls").count(), 0);
+    // A path outside any mount.
+    let out = run(&["stats"], &[&other]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in an s3cachefs mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn clear_on_a_live_mount_empties_it_while_an_open_handle_keeps_its_bytes() {
+    let env = Env::new();
+    let data = pattern(7, 2 << 20);
+    env.server.put("bkt", "big.bin", data.clone());
+    let small = pattern(8, 64 << 10);
+    env.server.put("bkt", "small.bin", small.clone());
+    let mut m = Mount::start(&env, &[]);
+    assert!(std::fs::read(m.p("bkt/small.bin")).expect("read") == small);
+    let mut open = std::fs::File::open(m.p("bkt/big.bin")).expect("open");
+    let mut head = vec![0u8; 4096];
+    open.read_exact(&mut head).expect("read head");
+    assert_eq!(head, data[..4096]);
+    // Let the background fill (if any) land, so there is a cache file to remove.
+    wait_entries(&m.path, 2);
+
+    let out = ok(&run(&["clear"], &[&m.path]));
+    assert!(out.contains("cleared 2 entries"), "{out}");
+    let s = m.stats();
+    assert_eq!((n(&s, "entry_count"), n(&s, "total_size")), (0, 0), "{s}");
+    let files = walk_files(&env.cache_dir());
+    assert!(files.is_empty(), "cache files left: {files:?}");
+
+    // The handle opened before reads on, from where it was and from the start.
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).expect("read rest");
+    assert!(rest == data[4096..], "rest of the old handle");
+    open.seek(SeekFrom::Start(1 << 20)).expect("seek");
+    let mut mid = vec![0u8; 1000];
+    open.read_exact(&mut mid).expect("read mid");
+    assert_eq!(mid, data[1 << 20..(1 << 20) + 1000]);
+    drop(open);
+
+    // A new open is a miss again, and fills the cache again.
+    let misses = n(&m.stats(), "misses");
+    assert!(std::fs::read(m.p("bkt/big.bin")).expect("reread") == data);
+    assert_eq!(n(&m.stats(), "misses"), misses + 1);
+    wait_entries(&m.path, 1);
+
+    // By cache directory while mounted: the mount does it.
+    let out = ok(&run(&["clear", "--cache-dir", &cache_dir_arg(&env)], &[]));
+    assert!(out.contains("the mount at"), "{out}");
+    assert_eq!(n(&m.stats(), "entry_count"), 0);
+
+    // Not mounted: the directory is opened and cleared here.
+    std::fs::read(m.p("bkt/small.bin")).expect("read");
+    wait_entries(&m.path, 1);
+    assert!(m.stop().success());
+    let out = ok(&run(&["clear", "--cache-dir", &cache_dir_arg(&env)], &[]));
+    assert!(
+        out.contains("cleared 1 entries") && out.contains("not mounted"),
+        "{out}"
+    );
+    let bare = json(&run(
+        &["stats", "--json", "--cache-dir", &cache_dir_arg(&env)],
+        &[],
+    ));
+    assert_eq!(n(&bare, "entry_count"), 0, "{bare}");
+}
+
+/// Waits until the mount at `root` has `want` cache entries: a read can return before
+/// its download is committed to the cache.
+fn wait_entries(root: &Path, want: u64) {
+    let stats = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join(".cache-stats")).expect("stats"))
+            .expect("json")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n(&stats(), "entry_count") != want {
+        assert!(
+            Instant::now() < deadline,
+            "expected {want} entries: {}",
+            stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Files under the cache's shard directories.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir).expect("ls cache").flatten() {
+        let name = shard.file_name().to_string_lossy().to_string();
+        if name.len() == 2 && shard.path().is_dir() {
+            out.extend(
+                std::fs::read_dir(shard.path())
+                    .expect("ls shard")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn warm_then_read_is_a_hit() {
+    let env = Env::new();
+    for i in 0..5u64 {
+        env.server
+            .put("bkt", &format!("dir/f{i}"), pattern(i, 50_000 + i as usize));
+        env.server
+            .put("bkt", &format!("s3dir/g{i}"), pattern(10 + i, 20_000));
+    }
+    env.server.put("bkt", "dir.bak", "not under dir/");
+    let m = Mount::start(&env, &[]);
+
+    // Paths in the mount: read through it.
+    let out = ok(&run(&["warm"], &[&m.p("bkt/dir")]));
+    assert!(out.contains("warmed 5 of 5 objects"), "{out}");
+    wait_entries(&m.path, 5);
+    let s = m.stats();
+    let (hits, misses) = (n(&s, "hits"), n(&s, "misses"));
+    for i in 0..5u64 {
+        let got = std::fs::read(m.p(&format!("bkt/dir/f{i}"))).expect("read");
+        assert!(got == pattern(i, 50_000 + i as usize));
+    }
+    let s = m.stats();
+    assert_eq!(n(&s, "hits"), hits + 5, "{s}");
+    assert_eq!(n(&s, "misses"), misses, "{s}");
+
+    // s3:// URLs into the live mount's cache, through its control socket.
+    let out = ok(&run(
+        &[
+            "warm",
+            "--cache-dir",
+            &cache_dir_arg(&env),
+            "s3://bkt/s3dir",
+        ],
+        &[],
+    ));
+    assert!(out.contains("warmed 5 of 5 objects"), "{out}");
+    assert!(out.contains("5 fetched from S3"), "{out}");
+    assert_eq!(n(&m.stats(), "entry_count"), 10);
+    let misses = n(&m.stats(), "misses");
+    for i in 0..5u64 {
+        let got = std::fs::read(m.p(&format!("bkt/s3dir/g{i}"))).expect("read");
+        assert!(got == pattern(10 + i, 20_000));
+    }
+    assert_eq!(n(&m.stats(), "misses"), misses, "{}", m.stats());
+    // Warming again finds them cached.
+    let out = ok(&run(
+        &[
+            "warm",
+            "--cache-dir",
+            &cache_dir_arg(&env),
+            "s3://bkt/s3dir/",
+        ],
+        &[],
+    ));
+    assert!(out.contains("5 already cached"), "{out}");
+}
+
+#[test]
+fn warm_says_what_does_not_fit_and_warms_without_a_mount() {
+    let env = Env::new();
+    for i in 0..5u64 {
+        env.server
+            .put("bkt", &format!("d/f{i}"), pattern(i, 10_000));
+    }
+    env.server.put("bkt", "huge", pattern(9, 2 << 20));
+    let mut m = Mount::start(
+        &env,
+        &["--cache-max-entries", "3", "--cache-max-size-mb", "1"],
+    );
+    let out = run(&["warm"], &[&m.p("bkt/d"), &m.p("bkt/huge")]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("do not fit"), "{stderr}");
+    assert!(stdout.contains("warmed 3 of 6 objects"), "{stdout}");
+    assert!(stdout.contains("1 larger than the whole cache"), "{stdout}");
+    assert!(stdout.contains("left out: 2 objects"), "{stdout}");
+    wait_entries(&m.path, 3);
+    assert!(m.stop().success());
+
+    // No mount: the cache is opened here, with the S3 settings given.
+    let other = env.tmp.path().join("cache2");
+    let out = run(
+        &[
+            "warm",
+            "s3://bkt/d",
+            "--endpoint-url",
+            &env.server.endpoint(),
+            "--force-path-style",
+            "--cache-dir",
+        ],
+        &[&other],
+    );
+    let stdout = ok(&out);
+    assert!(stdout.contains("not mounted"), "{stdout}");
+    assert!(stdout.contains("5 fetched from S3"), "{stdout}");
+    let bare = json(&run(&["stats", "--json", "--cache-dir"], &[&other]));
+    assert_eq!(n(&bare, "entry_count"), 5, "{bare}");
+    assert_eq!(n(&bare, "total_size"), 50_000, "{bare}");
+
+    // A bad URL is refused.
+    let out = run(&["warm", "s3://", "--cache-dir"], &[&other]);
+    assert!(!out.status.success());
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn fstab_style_mount_through_mount_fuse3() {
+    let helper = ["/usr/sbin/mount.fuse3", "/sbin/mount.fuse3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(helper) = helper else {
+        eprintln!("mount.fuse3 is not installed: skipping the fstab end-to-end test");
+        return;
+    };
+    let env = Env::new();
+    env.server
+        .put("bkt", "via/fstab.txt", "mounted from an fstab line");
+    let mp = env.tmp.path().join("fstab-mnt");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    let _guard = Unmount(mp.clone());
+    // mount.fuse3 runs `s3cachefs bkt MOUNTPOINT -o ...` found on PATH: put the binary
+    // under test first.
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_s3cachefs"));
+    let path = format!(
+        "{}:{}",
+        exe.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let opts = format!(
+        "rw,_netdev,nofail,defaults,endpoint_url={},force_path_style,cache_dir={},\
+         cache_max_size_mb=100,allow_other,x-systemd.automount",
+        env.server.endpoint(),
+        env.cache_dir().display()
+    );
+    // The same environment as the tests' `s3cachefs` commands (test credentials, nothing
+    // from the caller's AWS setup).
+    let mut cmd = Command::new(helper);
+    for (k, v) in bin().get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd
+        .env("PATH", path)
+        .arg("s3cachefs#bkt")
+        .arg(&mp)
+        .args(["-o", &opts])
+        .output()
+        .expect("run mount.fuse3");
+    assert!(
+        out.status.success(),
+        "mount.fuse3 failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(&mp), "mounted when mount.fuse3 returns");
+    assert_eq!(
+        std::fs::read_to_string(mp.join("via/fstab.txt")).expect("read"),
+        "mounted from an fstab line"
+    );
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(mp.join(".cache-stats")).expect("stats"))
+            .expect("json");
+    assert_eq!(n(&stats, "max_size"), 100 << 20, "{stats}");
+    wait_entries(&mp, 1);
+    // The mount is ours to operate like any other.
+    let out = ok(&run(&["clear"], &[&mp]));
+    assert!(out.contains("cleared 1 entries"), "{out}");
+    ok(&run(&["unmount"], &[&mp]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mounted(&mp) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mp));
+}
