@@ -13,9 +13,9 @@ pub const STATS_FILE: &str = ".cache-stats";
 /// The root of the s3cachefs mount that `path` is in (canonical): the topmost directory
 /// above it on the same filesystem, which must have a `.cache-stats`.
 pub fn mount_root(path: &Path) -> Result<PathBuf, AdminError> {
-    let io = |source| AdminError::Io {
+    let io = |err| AdminError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     let p = std::fs::canonicalize(path).map_err(io)?;
     let dev = std::fs::metadata(&p).map_err(io)?.dev();

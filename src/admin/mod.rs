@@ -24,11 +24,10 @@ pub enum AdminError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // The io::Error is in the message and deliberately not a `source`, so `{:#}` does
+    // not print it twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{0}")]
     Other(String),
 }

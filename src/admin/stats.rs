@@ -49,9 +49,9 @@ pub async fn collect(target: &StatsTarget) -> Result<Report, AdminError> {
         StatsTarget::Mount(path) => {
             let root = locate::mount_root(path)?;
             let file = root.join(STATS_FILE);
-            let json = std::fs::read_to_string(&file).map_err(|source| AdminError::Io {
+            let json = std::fs::read_to_string(&file).map_err(|err| AdminError::Io {
                 path: file.clone(),
-                source,
+                err,
             })?;
             let doc = serde_json::from_str(&json)
                 .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;

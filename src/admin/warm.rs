@@ -172,9 +172,9 @@ fn mount_groups(paths: &[&PathBuf]) -> Result<Vec<Group>, AdminError> {
                 groups.len() - 1
             }
         };
-        let canon = std::fs::canonicalize(path).map_err(|source| AdminError::Io {
+        let canon = std::fs::canonicalize(path).map_err(|err| AdminError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         })?;
         collect_files(&root, &canon, &mut groups[idx].jobs)?;
     }
@@ -186,9 +186,9 @@ fn mount_groups(paths: &[&PathBuf]) -> Result<Vec<Group>, AdminError> {
 
 fn mount_limits(root: &Path) -> Result<Limits, AdminError> {
     let file = root.join(STATS_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|source| AdminError::Io {
+    let text = std::fs::read_to_string(&file).map_err(|err| AdminError::Io {
         path: file.clone(),
-        source,
+        err,
     })?;
     let doc: Value = serde_json::from_str(&text)
         .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;
@@ -206,7 +206,7 @@ fn limits_of(stats: &Value) -> Option<Limits> {
 fn collect_files(root: &Path, path: &Path, out: &mut Vec<Job>) -> Result<(), AdminError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| AdminError::Io { path: p, source }
+        move |err| AdminError::Io { path: p, err }
     };
     let meta = std::fs::metadata(path).map_err(io(path))?;
     if meta.is_file() {

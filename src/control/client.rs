@@ -23,9 +23,9 @@ impl Client {
     pub async fn connect(socket: &Path) -> Result<Client, ControlError> {
         let stream = UnixStream::connect(socket)
             .await
-            .map_err(|source| ControlError::Connect {
+            .map_err(|err| ControlError::Connect {
                 path: socket.to_path_buf(),
-                source,
+                err,
             })?;
         let (read, write) = stream.into_split();
         Ok(Client {

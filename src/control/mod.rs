@@ -77,13 +77,12 @@ pub struct Listed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot reach the mount's control socket {path}: {source}")]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // io::Errors are in the messages and deliberately not a `source`, so `{:#}` does not
+    // print them twice.
+    #[error("cannot reach the mount's control socket {path}: {err}")]
+    Connect { path: PathBuf, err: std::io::Error },
     #[error("control socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("control socket: the mount did not answer within {0} s")]
     Timeout(u64),
     #[error("control socket: unexpected answer: {0}")]
@@ -91,6 +90,12 @@ pub enum ControlError {
     /// The mount answered with an error.
     #[error("{0}")]
     Remote(String),
+}
+
+impl From<std::io::Error> for ControlError {
+    fn from(e: std::io::Error) -> Self {
+        ControlError::Io(e)
+    }
 }
 
 #[cfg(test)]
