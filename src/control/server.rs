@@ -206,3 +206,109 @@ async fn answer(req: Request, cache: &Cache, status: &Status) -> Response {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+    use crate::admin::{Limits, cache_config};
+    use crate::cache::SystemClock;
+    use crate::control::{Client, ControlError, SOCKET_NAME, registry};
+    use crate::prefetch::Warmed;
+    use crate::store::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_stats_list_warm_and_clear_then_goes_away() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(MemoryStore::new());
+        store.put("b", "d/x", vec![1u8; 1000]);
+        store.put("b", "d/y", vec![2u8; 10]);
+        store.put("b", "dz", vec![3u8; 10]);
+        let limits = Limits {
+            max_size: 1 << 20,
+            max_entries: 10,
+        };
+        let cfg = cache_config(
+            tmp.path().join("c"),
+            limits,
+            Duration::from_secs(3600),
+            "default".into(),
+        );
+        let cache = Cache::open(cfg, store, Arc::new(SystemClock)).expect("cache");
+        let sock = tmp.path().join("c").join(SOCKET_NAME);
+        let mp = tmp.path().join("mnt");
+        let server = ControlServer::start(cache.clone(), &sock, &mp).expect("start");
+        let mode = std::fs::metadata(&sock)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(registry::lookup(&mp), Some(sock.clone()));
+
+        let mut c = Client::connect(&sock).await.expect("connect");
+        let st = c.status().await.expect("stats");
+        assert_eq!(st.mountpoint, mp);
+        assert_eq!(st.stats["entry_count"], 0);
+        let listed = c
+            .call(&Request::List {
+                bucket: "b".into(),
+                prefix: "d".into(),
+            })
+            .await
+            .expect("list");
+        let Response::Listing { objects } = listed else {
+            panic!("{listed:?}")
+        };
+        let keys: Vec<_> = objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["d/x", "d/y"]);
+        let warm = Request::Warm {
+            bucket: "b".into(),
+            key: "d/x".into(),
+        };
+        for want in [Warmed::Fetched, Warmed::Cached] {
+            match c.call(&warm).await.expect("warm") {
+                Response::Warmed { outcome, size } => assert_eq!((outcome, size), (want, 1000)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let missing = c
+            .call(&Request::Warm {
+                bucket: "b".into(),
+                key: "nope".into(),
+            })
+            .await;
+        assert!(
+            matches!(missing, Err(ControlError::Remote(_))),
+            "{missing:?}"
+        );
+        assert_eq!(
+            c.call(&Request::Clear).await.expect("clear"),
+            Response::Cleared { removed: 1 }
+        );
+        assert_eq!(cache.stats().entry_count, 0);
+
+        // A line that is no request gets an error, and the connection stays usable.
+        let stream = tokio::net::UnixStream::connect(&sock).await.expect("raw");
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"{\"op\":\"format_disk\"}\n{\"op\":\"clear\"}\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("read");
+        assert!(line.contains("\"reply\":\"error\""), "{line}");
+        line.clear();
+        r.read_line(&mut line).await.expect("read");
+        assert!(line.contains("\"reply\":\"cleared\""), "{line}");
+
+        drop(server);
+        assert!(!sock.exists(), "socket removed");
+        assert_eq!(registry::lookup(&mp), None);
+        assert!(Client::connect(&sock).await.is_err());
+    }
+}
