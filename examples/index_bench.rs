@@ -95,6 +95,9 @@ fn main() {
                     validate_etag: true,
                     profile: "default".into(),
                     sweep_interval: Duration::from_secs(3600),
+                    part_size: CacheConfig::DEFAULT_PART_SIZE,
+                    fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
+                    read_timeout: Duration::from_secs(30),
                 };
                 let t = Instant::now();
                 let cache = Cache::open(cfg, Arc::new(MemoryStore::new()), Arc::new(SystemClock))

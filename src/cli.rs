@@ -379,6 +379,30 @@ pub struct MountArgs {
     /// Same as --validate-etag false: trust cached copies until their TTL
     #[arg(long, help_heading = "Cache")]
     pub no_validate_etag: bool,
+    /// Size of each ranged GET when filling the cache, in MiB [default: 8]
+    #[arg(
+        long,
+        env = "S3CACHEFS_PART_SIZE_MB",
+        value_name = "MB",
+        help_heading = "Cache"
+    )]
+    pub part_size_mb: Option<String>,
+    /// Ranged GETs running at once per object being filled [default: 4]
+    #[arg(
+        long,
+        env = "S3CACHEFS_FILL_CONCURRENCY",
+        value_name = "N",
+        help_heading = "Cache"
+    )]
+    pub fill_concurrency: Option<String>,
+    /// Longest a read waits for S3 before failing with EIO, in seconds [default: 60]
+    #[arg(
+        long,
+        env = "S3CACHEFS_READ_TIMEOUT",
+        value_name = "SECONDS",
+        help_heading = "Cache"
+    )]
+    pub read_timeout: Option<String>,
     /// How long a listing or HEAD result is trusted, in seconds [default: 10]
     #[arg(
         long,
@@ -523,6 +547,40 @@ impl MountArgs {
             )?,
             None => DEFAULT_TTL_HOURS,
         };
+        let part_size_mb = match &self.part_size_mb {
+            Some(v) => config::parse_u64_in(
+                &o("part_size_mb", "part-size-mb", "S3CACHEFS_PART_SIZE_MB"),
+                v,
+                1,
+                1024,
+                "megabytes",
+            )?,
+            None => CacheConfig::DEFAULT_PART_SIZE >> 20,
+        };
+        let fill_concurrency = match &self.fill_concurrency {
+            Some(v) => config::parse_u64_in(
+                &o(
+                    "fill_concurrency",
+                    "fill-concurrency",
+                    "S3CACHEFS_FILL_CONCURRENCY",
+                ),
+                v,
+                1,
+                64,
+                "requests",
+            )? as usize,
+            None => CacheConfig::DEFAULT_FILL_CONCURRENCY,
+        };
+        let read_timeout = match &self.read_timeout {
+            Some(v) => Duration::from_secs_f64(config::parse_f64_in(
+                &o("read_timeout", "read-timeout", "S3CACHEFS_READ_TIMEOUT"),
+                v,
+                0.1,
+                86_400.0,
+                "seconds",
+            )?),
+            None => CacheConfig::DEFAULT_READ_TIMEOUT,
+        };
         let mut validate_etag = match &self.validate_etag {
             Some(v) => config::parse_bool(
                 &o("validate_etag", "validate-etag", "CACHE_VALIDATE_ETAG"),
@@ -612,6 +670,9 @@ impl MountArgs {
                 validate_etag,
                 profile: profile.unwrap_or_else(|| "default".into()),
                 sweep_interval: Duration::from_secs(60),
+                part_size: part_size_mb << 20,
+                fill_concurrency,
+                read_timeout,
             },
             verbosity,
         })

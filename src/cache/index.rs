@@ -35,6 +35,10 @@ pub struct Index {
     max_size: u64,
     max_entries: u64,
     next_seq: u64,
+    /// Room held for downloads under way, so files being filled count against the
+    /// limits too and the disk never holds more than them.
+    reserved_size: u64,
+    reserved_entries: u64,
 }
 
 impl Index {
@@ -45,6 +49,8 @@ impl Index {
             max_size,
             max_entries,
             next_seq: 1,
+            reserved_size: 0,
+            reserved_entries: 0,
         }
     }
 
@@ -127,7 +133,10 @@ impl Index {
                 max: self.max_size,
             });
         }
-        let (mut bytes, mut count) = (self.total_size, self.len());
+        let (mut bytes, mut count) = (
+            self.total_size + self.reserved_size,
+            self.len() + self.reserved_entries,
+        );
         if let Some(old) = self.lru.peek(k) {
             bytes -= old.size;
             count -= 1;
@@ -144,7 +153,26 @@ impl Index {
             count -= 1;
             victims.push(*vk);
         }
+        if bytes + size > self.max_size || count >= self.max_entries {
+            // Only room held by downloads under way is left.
+            return Err(TooLarge {
+                size,
+                max: self.max_size,
+            });
+        }
         Ok(victims)
+    }
+
+    /// Holds room for a download of `size` bytes (after its victims are removed).
+    pub fn reserve(&mut self, size: u64) {
+        self.reserved_size += size;
+        self.reserved_entries += 1;
+    }
+
+    /// Gives back room held by [`Index::reserve`].
+    pub fn unreserve(&mut self, size: u64) {
+        self.reserved_size = self.reserved_size.saturating_sub(size);
+        self.reserved_entries = self.reserved_entries.saturating_sub(1);
     }
 
     /// Adds (or replaces) an entry as the most recently used. Call after removing the
@@ -243,6 +271,24 @@ mod tests {
         assert!(victims.is_empty());
         assert_eq!(ix.total_size(), 100);
         assert_eq!(ix.keys_lru_first(), vec![key(2), key(1)]);
+    }
+
+    #[test]
+    fn reservations_count_against_the_limits() {
+        let mut ix = Index::new(100, 3);
+        insert(&mut ix, key(1), 40);
+        insert(&mut ix, key(2), 40);
+        ix.reserve(50);
+        assert_eq!(ix.victims_for(&key(3), 10).expect("fits"), vec![key(1)]);
+        // Room held by other downloads cannot be evicted: no room now.
+        ix.reserve(60);
+        assert!(ix.victims_for(&key(3), 10).is_err());
+        ix.unreserve(60);
+        ix.unreserve(50);
+        assert_eq!(
+            ix.victims_for(&key(3), 10).expect("fits"),
+            Vec::<CacheKey>::new()
+        );
     }
 
     #[test]

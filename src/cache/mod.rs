@@ -1,6 +1,7 @@
 //! The read-through cache: [`Cache::open_object`] answers with a handle to a complete,
-//! verified local copy of the object (fetching it on a miss), or with a direct-from-S3
-//! handle when the cache is off or cannot help. The cache never breaks a read.
+//! verified local copy of the object, to a fill under way (a miss: reads are answered as
+//! their bytes land, see `fill.rs`), or to a direct-from-S3 reader when the cache is off
+//! or cannot help (`direct.rs`). The cache never breaks a read.
 //!
 //! Ordering on disk keeps the index conservative after a crash: victims' files are
 //! unlinked before the index forgets them, and a new file is renamed into place only after
@@ -9,10 +10,13 @@
 
 mod clock;
 pub mod db;
+mod direct;
+mod fill;
 mod index;
 pub mod inspect;
 mod key;
 mod layout;
+mod ranges;
 mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -24,7 +28,7 @@ pub use stats::{Stats, StatsSnapshot};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -33,12 +37,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use md5::{Digest, Md5};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 use db::{Batch, IndexDb};
+use direct::DirectReader;
+use fill::{Fill, FillCtx, FillFailure};
 use layout::Layout;
 use stats::{add, bump};
 
@@ -61,6 +66,18 @@ pub struct CacheConfig {
     pub profile: String,
     /// How often expired entries are removed and LRU positions written out.
     pub sweep_interval: Duration,
+    /// Size of each ranged GET of a fill.
+    pub part_size: u64,
+    /// Ranged GETs of one fill running at once (reads far ahead add their own).
+    pub fill_concurrency: usize,
+    /// Longest a read waits for its bytes before failing with EIO.
+    pub read_timeout: Duration,
+}
+
+impl CacheConfig {
+    pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+    pub const DEFAULT_FILL_CONCURRENCY: usize = 4;
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,10 +134,12 @@ pub enum Outcome {
 
 #[derive(Clone)]
 enum Source {
-    /// Already unlinked files keep working: an evicted or replaced entry's open handles
-    /// go on reading the bytes they opened.
+    /// A complete cache file. Already unlinked files keep working: an evicted or replaced
+    /// entry's open handles go on reading the bytes they opened.
     File(Arc<File>),
-    Direct,
+    /// A download under way into the cache.
+    Filling(Arc<Fill>),
+    Direct(Arc<DirectReader>),
 }
 
 impl std::fmt::Debug for ObjectHandle {
@@ -136,79 +155,83 @@ impl std::fmt::Debug for ObjectHandle {
 }
 
 impl ObjectHandle {
-    /// The cache file, when this handle reads from one.
+    /// The complete cache file, when this handle reads from one (for FUSE passthrough).
     pub fn file(&self) -> Option<&Arc<File>> {
         match &self.source {
             Source::File(f) => Some(f),
-            Source::Direct => None,
+            _ => None,
         }
+    }
+
+    /// Answers at once when the bytes are on local disk (a `pread` on the calling
+    /// thread); `None` means they must be waited for or fetched: use [`Self::read`].
+    pub fn try_read(&self, offset: u64, len: usize) -> Option<Result<Bytes, CacheError>> {
+        let r = match &self.source {
+            Source::File(f) => {
+                let end = self.size.min(offset.saturating_add(len as u64));
+                if offset >= end {
+                    return Some(Ok(Bytes::new()));
+                }
+                let r = fill::pread(f, offset, (end - offset) as usize);
+                if let Ok(b) = &r {
+                    add(&self.inner.stats.bytes_from_cache, b.len() as u64);
+                }
+                r
+            }
+            Source::Filling(fill) => fill.try_read(offset, len)?,
+            Source::Direct(_) => return None,
+        };
+        Some(r.map_err(|source| {
+            bump(&self.inner.stats.errors);
+            CacheError::Io {
+                path: PathBuf::from(s3_url(&self.bucket, &self.key)),
+                source,
+            }
+        }))
     }
 
     /// Reads up to `len` bytes at `offset` (fewer only at the end of the object).
     pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
-        let end = self.size.min(offset.saturating_add(len as u64));
-        if offset >= end {
-            return Ok(Bytes::new());
+        if let Some(r) = self.try_read(offset, len) {
+            return r;
         }
         match &self.source {
-            Source::File(_) => self.read_cached(offset, len),
-            Source::Direct => {
-                let got = self
-                    .inner
-                    .store
-                    .get_range(&self.bucket, &self.key, Some(offset..end), Some(&self.etag))
-                    .await?;
-                let mut buf = Vec::with_capacity((end - offset) as usize);
-                let mut body = got.body;
-                while let Some(chunk) = body.next().await {
-                    buf.extend_from_slice(&chunk?);
+            Source::Direct(d) => Ok(d.read(offset, len).await?),
+            Source::Filling(fill) => match fill.read(offset, len).await {
+                Ok(b) => Ok(b),
+                Err(fill::ReadMiss::Changed) => Err(fill::ReadMiss::Changed.into()),
+                Err(fill::ReadMiss::Failed(why)) => {
+                    // The cache cannot help; S3 still can (same version or nothing).
+                    debug!(url = %s3_url(&self.bucket, &self.key), %why, "fill cannot serve; reading S3 directly");
+                    self.read_s3_once(offset, len).await
                 }
-                add(&self.inner.stats.bytes_from_s3, buf.len() as u64);
-                Ok(Bytes::from(buf))
-            }
+            },
+            Source::File(_) => self.try_read(offset, len).unwrap_or(Ok(Bytes::new())),
         }
     }
 
-    /// Reads from the cache file without leaving the calling thread (a `pread`). Direct
-    /// handles must use [`ObjectHandle::read`].
-    pub fn read_cached(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
-        let Source::File(file) = &self.source else {
-            return Err(CacheError::Internal("not a cached handle".into()));
-        };
+    async fn read_s3_once(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
         let end = self.size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    bump(&self.inner.stats.errors);
-                    return Err(CacheError::Io {
-                        path: PathBuf::from(s3_url(&self.bucket, &self.key)),
-                        source,
-                    });
-                }
-            }
+        let got = self
+            .inner
+            .store
+            .get_range(&self.bucket, &self.key, Some(offset..end), Some(&self.etag))
+            .await?;
+        let mut buf = Vec::with_capacity((end - offset) as usize);
+        let mut body = got.body;
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk?);
         }
-        buf.truncate(done);
-        add(&self.inner.stats.bytes_from_cache, done as u64);
+        add(&self.inner.stats.bytes_from_s3, buf.len() as u64);
+        buf.truncate((end - offset) as usize);
         Ok(Bytes::from(buf))
     }
 }
 
-#[derive(Clone)]
-struct Filled {
-    file: Arc<File>,
-    etag: String,
-    size: u64,
-}
-
-type Flight = Shared<BoxFuture<'static, Result<Filled, Arc<CacheError>>>>;
+type Flight = Shared<BoxFuture<'static, Result<Arc<Fill>, Arc<CacheError>>>>;
 
 /// The on-disk half, absent when the cache is off.
 struct Disk {
@@ -219,7 +242,9 @@ struct Disk {
     dirty: Mutex<HashSet<CacheKey>>,
     /// Serialises changes to files + index + db so the three agree.
     write_lock: Mutex<()>,
-    flights: Mutex<HashMap<CacheKey, Flight>>,
+    /// Downloads under way: (flight id, the start of the download to await).
+    flights: Mutex<HashMap<CacheKey, (u64, Flight)>>,
+    next_flight: std::sync::atomic::AtomicU64,
     /// Resolves when recovery after an unclean shutdown has finished.
     recovered: tokio::sync::watch::Receiver<bool>,
 }
@@ -228,7 +253,7 @@ struct Inner {
     cfg: CacheConfig,
     store: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
-    stats: Stats,
+    stats: Arc<Stats>,
     disk: Option<Disk>,
 }
 
@@ -273,6 +298,7 @@ impl Cache {
                 dirty: Mutex::new(HashSet::new()),
                 write_lock: Mutex::new(()),
                 flights: Mutex::new(HashMap::new()),
+                next_flight: std::sync::atomic::AtomicU64::new(1),
                 recovered,
             };
             Some((disk, loaded.was_clean, done_tx))
@@ -288,7 +314,7 @@ impl Cache {
                 cfg,
                 store,
                 clock,
-                stats: Stats::default(),
+                stats: Arc::new(Stats::default()),
                 disk,
             }),
         };
@@ -354,7 +380,7 @@ impl Cache {
         known: Option<ObjectMeta>,
     ) -> Result<ObjectHandle, CacheError> {
         let inner = &self.inner;
-        let Some(disk) = &inner.disk else {
+        if inner.disk.is_none() {
             bump(&inner.stats.misses);
             let meta = match known.filter(|m| m.etag.is_some()) {
                 Some(m) => m,
@@ -364,7 +390,79 @@ impl Cache {
         };
         let k = CacheKey::new(bucket, key, &inner.cfg.profile);
         let mut fresh = known.filter(|m| m.etag.is_some());
-        // Two rounds at most: a cached entry can turn out stale or damaged, then we fetch.
+        // A fill can complete between looking in the index and joining it: look again.
+        let mut stale: Option<Arc<Fill>> = None;
+        for _ in 0..4 {
+            if let Some(h) = self.open_cached(k, bucket, key, &mut fresh).await? {
+                return Ok(h);
+            }
+            let joining = self
+                .fill_or_join(k, bucket, key, fresh.clone(), stale.take())
+                .await;
+            let (fill, joined) = match joining {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => return self.cannot_fill(bucket, key, fresh, &e).await,
+            };
+            // A download started by someone else may be of a version replaced since.
+            if joined && (inner.cfg.validate_etag || fresh.is_some()) {
+                let current = match fresh.clone() {
+                    Some(m) => m,
+                    None => {
+                        bump(&inner.stats.etag_validations);
+                        match inner.store.head(bucket, key).await {
+                            Ok(m) => m,
+                            Err(e) if e.is_transient() => ObjectMeta {
+                                etag: Some(fill.etag.clone()),
+                                ..ObjectMeta::default()
+                            },
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                };
+                if current.etag.as_deref() != Some(fill.etag.as_str()) {
+                    bump(&inner.stats.etag_mismatches);
+                    fresh = Some(current);
+                    stale = Some(fill);
+                    continue;
+                }
+            }
+            // Joining a download whose bytes are all here already is served from disk.
+            let outcome = if joined && fill.all_landed() {
+                bump(&inner.stats.hits);
+                Outcome::Hit
+            } else {
+                bump(&inner.stats.misses);
+                Outcome::Miss
+            };
+            return Ok(ObjectHandle {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                etag: fill.etag.clone(),
+                size: fill.size,
+                outcome,
+                source: Source::Filling(fill),
+                inner: inner.clone(),
+            });
+        }
+        Err(CacheError::Internal(
+            "cache entry kept changing while opening".into(),
+        ))
+    }
+
+    /// The hit path: a valid cached copy, or `None` (after dropping what was unusable).
+    async fn open_cached(
+        &self,
+        k: CacheKey,
+        bucket: &str,
+        key: &str,
+        fresh: &mut Option<ObjectMeta>,
+    ) -> Result<Option<ObjectHandle>, CacheError> {
+        let inner = &self.inner;
+        let Some(disk) = &inner.disk else {
+            return Ok(None);
+        };
+        // Two rounds at most: a cached entry can turn out stale or damaged.
         for _ in 0..2 {
             let cached = disk.index.lock().peek(&k).cloned();
             let Some(entry) = cached else { break };
@@ -389,7 +487,7 @@ impl Cache {
                         debug!(url = %s3_url(bucket, key), "ETag changed; refetching");
                         bump(&inner.stats.etag_mismatches);
                         inner.remove_entries(&[k]);
-                        fresh = Some(m);
+                        *fresh = Some(m);
                         break;
                     }
                     Err(StoreError::NotFound(_)) => {
@@ -409,7 +507,7 @@ impl Cache {
                     bump(&inner.stats.hits);
                     disk.index.lock().touch(&k, inner.clock.now_ms());
                     disk.dirty.lock().insert(k);
-                    return Ok(ObjectHandle {
+                    return Ok(Some(ObjectHandle {
                         bucket: bucket.to_string(),
                         key: key.to_string(),
                         etag: entry.etag,
@@ -417,38 +515,37 @@ impl Cache {
                         outcome,
                         source: Source::File(file),
                         inner: inner.clone(),
-                    });
+                    }));
                 }
                 None => continue,
             }
         }
+        Ok(None)
+    }
+
+    /// A miss the cache cannot take (too large, no room, disk trouble): read S3 directly.
+    async fn cannot_fill(
+        &self,
+        bucket: &str,
+        key: &str,
+        fresh: Option<ObjectMeta>,
+        e: &CacheError,
+    ) -> Result<ObjectHandle, CacheError> {
+        let inner = &self.inner;
         bump(&inner.stats.misses);
-        match self.fill_shared(k, bucket, key, fresh.clone()).await {
-            Ok(filled) => Ok(ObjectHandle {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                etag: filled.etag,
-                size: filled.size,
-                outcome: Outcome::Miss,
-                source: Source::File(filled.file),
-                inner: inner.clone(),
-            }),
-            Err(e) => match &*e {
-                CacheError::Store(se) => Err(CacheError::Store(se.clone())),
-                CacheError::Verify { .. } => Err(CacheError::Internal(e.to_string())),
-                other => {
-                    // Too large, disk full, unwritable: read from S3 instead.
-                    if !matches!(other, CacheError::TooLarge(_)) {
-                        warn!(url = %s3_url(bucket, key), error = %other, "cache cannot store this object; reading from S3");
-                    }
-                    let meta = match fresh {
-                        Some(m) => m,
-                        None => inner.store.head(bucket, key).await?,
-                    };
-                    Ok(self.direct(bucket, key, &meta))
-                }
-            },
+        match e {
+            CacheError::Store(se) => return Err(CacheError::Store(se.clone())),
+            CacheError::TooLarge(_) => {}
+            other => {
+                bump(&inner.stats.errors);
+                warn!(url = %s3_url(bucket, key), error = %other, "cache cannot store this object; reading from S3");
+            }
         }
+        let meta = match fresh {
+            Some(m) => m,
+            None => inner.store.head(bucket, key).await?,
+        };
+        Ok(self.direct(bucket, key, &meta))
     }
 
     /// Opens the object for reading straight from S3, bypassing the cache (`O_DIRECT`).
@@ -458,42 +555,71 @@ impl Cache {
     }
 
     fn direct(&self, bucket: &str, key: &str, meta: &ObjectMeta) -> ObjectHandle {
+        let etag = meta.etag.clone().unwrap_or_default();
+        let reader = DirectReader::new(
+            self.inner.store.clone(),
+            self.inner.stats.clone(),
+            bucket,
+            key,
+            &etag,
+            meta.size,
+            self.inner.cfg.read_timeout,
+        );
         ObjectHandle {
             bucket: bucket.to_string(),
             key: key.to_string(),
-            etag: meta.etag.clone().unwrap_or_default(),
+            etag,
             size: meta.size,
             outcome: Outcome::Direct,
-            source: Source::Direct,
+            source: Source::Direct(Arc::new(reader)),
             inner: self.inner.clone(),
         }
     }
 
-    /// One download per key however many callers want it.
-    async fn fill_shared(
+    /// Starts the download of `k`, or joins the one under way: one download per key
+    /// however many callers want it. `Ok(None)` means the object landed in the index
+    /// meanwhile: look there again.
+    async fn fill_or_join(
         &self,
         k: CacheKey,
         bucket: &str,
         key: &str,
         meta: Option<ObjectMeta>,
-    ) -> Result<Filled, Arc<CacheError>> {
+        supersede: Option<Arc<Fill>>,
+    ) -> Result<Option<(Arc<Fill>, bool)>, CacheError> {
         let Some(disk) = &self.inner.disk else {
-            return Err(Arc::new(CacheError::Internal("cache is off".into())));
+            return Err(CacheError::Internal("cache is off".into()));
         };
-        let flight = {
+        let (flight, joined) = {
             let mut flights = disk.flights.lock();
-            if let Some(f) = flights.get(&k) {
-                f.clone()
+            let current = flights
+                .get(&k)
+                .filter(|(id, _)| supersede.as_ref().is_none_or(|s| s.flight != *id));
+            if let Some((_, f)) = current {
+                (f.clone(), true)
             } else {
+                // A fill commits to the index before it leaves `flights`, so looking at
+                // the index under this lock cannot miss a download that just finished.
+                if disk.index.lock().contains(&k) {
+                    return Ok(None);
+                }
                 let inner = self.inner.clone();
                 let (bucket, key) = (bucket.to_string(), key.to_string());
+                let id = disk
+                    .next_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // A task of its own, so a caller that gives up does not cancel the others.
                 let task = tokio::spawn(async move {
-                    let result = inner.fill(k, &bucket, &key, meta).await;
-                    if let Some(d) = &inner.disk {
-                        d.flights.lock().remove(&k);
+                    let started = inner.start_fill(id, k, &bucket, &key, meta).await;
+                    if started.is_err()
+                        && let Some(d) = &inner.disk
+                    {
+                        let mut flights = d.flights.lock();
+                        if flights.get(&k).is_some_and(|(i, _)| *i == id) {
+                            flights.remove(&k);
+                        }
                     }
-                    result.map_err(Arc::new)
+                    started.map_err(Arc::new)
                 });
                 let f: Flight = async move {
                     task.await.unwrap_or_else(|e| {
@@ -504,21 +630,38 @@ impl Cache {
                 }
                 .boxed()
                 .shared();
-                flights.insert(k, f.clone());
-                f
+                flights.insert(k, (id, f.clone()));
+                (f, false)
             }
         };
-        flight.await
+        match flight.await {
+            Ok(fill) => Ok(Some((fill, joined))),
+            Err(e) => Err(match &*e {
+                CacheError::Store(se) => CacheError::Store(se.clone()),
+                CacheError::TooLarge(t) => CacheError::TooLarge(t.clone()),
+                other => CacheError::Internal(other.to_string()),
+            }),
+        }
     }
 
     /// Empties the cache. Handles already open keep reading their (now unlinked) files;
     /// downloads under way still land afterwards. Returns the number of entries removed.
     pub fn clear(&self) -> usize {
-        let Some(disk) = &self.inner.disk else { return 0 };
+        let Some(disk) = &self.inner.disk else {
+            return 0;
+        };
         let keys = disk.index.lock().keys_lru_first();
         self.inner.remove_entries(&keys);
         info!(entries = keys.len(), "cache cleared");
         keys.len()
+    }
+
+    /// Waits until no download is under way (tests and tools that want a settled cache).
+    pub async fn wait_for_downloads(&self) {
+        let Some(disk) = &self.inner.disk else { return };
+        while !disk.flights.lock().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Removes expired entries now (the background sweep does this periodically).
@@ -619,102 +762,157 @@ impl Inner {
         Some(file)
     }
 
-    /// Downloads the object into a temporary file, verifies it and moves it into place.
-    async fn fill(
-        &self,
+    /// Starts a fill with one round trip: the GET of the first part also says which
+    /// version and how big the object is. Makes room for it, then hands the rest of the
+    /// download to a task of its own.
+    async fn start_fill(
+        self: &Arc<Self>,
+        flight: u64,
         k: CacheKey,
         bucket: &str,
         key: &str,
-        meta: Option<ObjectMeta>,
-    ) -> Result<Filled, CacheError> {
+        known: Option<ObjectMeta>,
+    ) -> Result<Arc<Fill>, CacheError> {
         let disk = self.disk()?;
-        let url = s3_url(bucket, key);
+        let part = self.cfg.part_size.max(64 * 1024);
+        let known_etag = known.as_ref().and_then(|m| m.etag.clone());
+        let mut first = self
+            .store
+            .get_range(bucket, key, Some(0..part), known_etag.as_deref())
+            .await;
+        if known_etag.is_some() && matches!(first, Err(StoreError::PreconditionFailed(_))) {
+            // What we knew is out of date: take whatever version is there now.
+            first = self.store.get_range(bucket, key, Some(0..part), None).await;
+        }
+        let (etag, size, body) = match first {
+            Ok(g) if !g.etag.is_empty() => (g.etag, g.object_size, Some(g.body)),
+            Ok(_) => {
+                // No ETag in the answer: ask for it, and pin the fill to it.
+                let m = self.store.head(bucket, key).await?;
+                (m.etag.unwrap_or_default(), m.size, None)
+            }
+            Err(StoreError::NotFound(u)) => return Err(StoreError::NotFound(u).into()),
+            Err(e) => {
+                // An empty object cannot be fetched by range (416): HEAD tells.
+                match self.store.head(bucket, key).await {
+                    Ok(m) if m.size == 0 => (m.etag.unwrap_or_default(), 0, None),
+                    _ => return Err(e.into()),
+                }
+            }
+        };
+        {
+            let _w = disk.write_lock.lock();
+            let victims = disk.index.lock().victims_for(&k, size)?;
+            self.remove_entries_locked(disk, &victims);
+            add(&self.stats.evictions, victims.len() as u64);
+            disk.index.lock().reserve(size);
+        }
+        let (tmp_path, tmp) = match disk.layout.create_temp(&k) {
+            Ok(t) => t,
+            Err(e) => {
+                disk.index.lock().unreserve(size);
+                return Err(e.into());
+            }
+        };
+        if let Err(source) = tmp.set_len(size) {
+            disk.index.lock().unreserve(size);
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(CacheError::Io {
+                path: tmp_path,
+                source,
+            });
+        }
+        let fill = Arc::new(Fill::new(
+            flight,
+            k,
+            bucket,
+            key,
+            &etag,
+            size,
+            tmp,
+            tmp_path,
+            part,
+            FillCtx {
+                store: self.store.clone(),
+                stats: self.stats.clone(),
+                read_timeout: self.cfg.read_timeout,
+            },
+        ));
+        if body.is_some() {
+            fill.mark_first_in_flight();
+        }
         self.stats
             .downloads_in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _in_flight = InFlightGuard(&self.stats);
-        let meta = match meta {
-            Some(m) => m,
-            None => self.store.head(bucket, key).await?,
-        };
-        let etag = meta.etag.clone().unwrap_or_default();
-        // Refuse early what can never fit.
-        disk.index.lock().victims_for(&k, meta.size)?;
+        let (me, f) = (self.clone(), fill.clone());
+        tokio::spawn(async move {
+            let result = f.run(me.cfg.fill_concurrency, body).await;
+            me.finish_fill(&f, result);
+        });
+        Ok(fill)
+    }
 
-        let (tmp_path, mut tmp) = disk.layout.create_temp(&k)?;
-        let cleanup = TempGuard(Some(tmp_path.clone()));
-        let mut crc = crc32fast::Hasher::new();
-        let mut md5 = plain_md5(&etag).map(|want| (Md5::new(), want));
-        let mut written: u64 = 0;
-        if meta.size > 0 {
-            let got = self
-                .store
-                .get_range(
-                    bucket,
-                    key,
-                    None,
-                    (!etag.is_empty()).then_some(etag.as_str()),
-                )
-                .await?;
-            if !etag.is_empty() && !got.etag.is_empty() && got.etag != etag {
-                return Err(StoreError::PreconditionFailed(url).into());
+    /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
+    fn finish_fill(&self, fill: &Fill, result: Result<u32, FillFailure>) {
+        self.stats
+            .downloads_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(disk) = &self.disk else { return };
+        disk.index.lock().unreserve(fill.size);
+        let url = s3_url(&fill.bucket, &fill.object_key);
+        // A download replaced by one of a newer version must not overwrite its entry.
+        let current = disk
+            .flights
+            .lock()
+            .get(&fill.key)
+            .is_some_and(|(id, _)| *id == fill.flight);
+        match result {
+            Ok(_) if !current => {
+                debug!(%url, "download of a replaced version finished; not kept");
+                let _ = std::fs::remove_file(&fill.tmp_path);
+                fill.finish(Ok(()));
             }
-            let mut body = got.body;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                tmp.write_all(&chunk).map_err(|source| CacheError::Io {
-                    path: tmp_path.clone(),
-                    source,
-                })?;
-                crc.update(&chunk);
-                if let Some((h, _)) = &mut md5 {
-                    h.update(&chunk);
+            Ok(crc32) => {
+                let now = self.clock.now_ms();
+                let entry = Entry {
+                    etag: fill.etag.clone(),
+                    size: fill.size,
+                    created_ms: now,
+                    last_access_ms: now,
+                    seq: 0,
+                    hits: 0,
+                    crc32,
+                    verified: true,
+                };
+                let row = EntryRow {
+                    url: url.clone(),
+                    profile: self.cfg.profile.clone(),
+                    etag: fill.etag.clone(),
+                    size: fill.size,
+                    created_ms: now,
+                    crc32,
+                };
+                if let Err(e) = self.commit_insert(fill.key, entry, row, &fill.tmp_path) {
+                    // Every byte is there for the handles already open; it is just not kept.
+                    warn!(%url, error = %e, "could not keep the download in the cache");
+                    let _ = std::fs::remove_file(&fill.tmp_path);
+                } else {
+                    debug!(%url, size = fill.size, "download complete and cached");
                 }
-                written += chunk.len() as u64;
-                add(&self.stats.bytes_from_s3, chunk.len() as u64);
+                fill.finish(Ok(()));
+            }
+            Err(f) => {
+                let _ = std::fs::remove_file(&fill.tmp_path);
+                if let FillFailure::Failed(why) = &f {
+                    bump(&self.stats.errors);
+                    warn!(%url, %why, "download failed; reads go to S3 directly");
+                }
+                fill.finish(Err(f));
             }
         }
-        if written != meta.size {
-            return Err(CacheError::Verify {
-                url,
-                why: format!("got {written} bytes, expected {}", meta.size),
-            });
+        if current {
+            disk.flights.lock().remove(&fill.key);
         }
-        if let Some((h, want)) = md5 {
-            let got = hex::encode(h.finalize());
-            if got != want {
-                return Err(CacheError::Verify {
-                    url,
-                    why: format!("MD5 {got} does not match ETag {want}"),
-                });
-            }
-        }
-        let now = self.clock.now_ms();
-        let entry = Entry {
-            etag: etag.clone(),
-            size: meta.size,
-            created_ms: now,
-            last_access_ms: now,
-            seq: 0,
-            hits: 0,
-            crc32: crc.finalize(),
-            verified: true,
-        };
-        let row = EntryRow {
-            url,
-            profile: self.cfg.profile.clone(),
-            etag: etag.clone(),
-            size: meta.size,
-            created_ms: now,
-            crc32: entry.crc32,
-        };
-        self.commit_insert(k, entry, row, &tmp_path)?;
-        cleanup.disarm();
-        Ok(Filled {
-            file: Arc::new(tmp),
-            etag,
-            size: meta.size,
-        })
     }
 
     /// Makes room, records the entry and renames its file into place, in the order that
@@ -773,6 +971,14 @@ impl Inner {
             return;
         }
         let _w = disk.write_lock.lock();
+        self.remove_entries_locked(disk, keys);
+    }
+
+    /// [`Inner::remove_entries`] for a caller already holding the write lock.
+    fn remove_entries_locked(&self, disk: &Disk, keys: &[CacheKey]) {
+        if keys.is_empty() {
+            return;
+        }
         for k in keys {
             let _ = std::fs::remove_file(disk.layout.entry_path(k));
         }
@@ -918,35 +1124,8 @@ async fn sweep_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-struct InFlightGuard<'a>(&'a Stats);
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0
-            .downloads_in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Deletes a temporary file unless the download made it into the cache.
-struct TempGuard(Option<PathBuf>);
-
-impl TempGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// The MD5 in a single-part upload's ETag (`"<32 hex>"`); multipart ETags (`-N`) are not.
-fn plain_md5(etag: &str) -> Option<String> {
+pub(crate) fn plain_md5(etag: &str) -> Option<String> {
     let t = etag.trim_matches('"').to_ascii_lowercase();
     (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
 }
@@ -984,6 +1163,9 @@ mod tests {
             validate_etag: true,
             profile: "default".into(),
             sweep_interval: Duration::from_secs(3600),
+            part_size: CacheConfig::DEFAULT_PART_SIZE,
+            fill_concurrency: 4,
+            read_timeout: Duration::from_secs(10),
         }
     }
 
@@ -1007,6 +1189,7 @@ mod tests {
             Cache::open(config(dir.path()), store.clone(), Arc::new(SystemClock)).expect("open");
         let h = cache.open_object("b", "k", None).await.expect("miss");
         assert_eq!(h.outcome, Outcome::Miss);
+        cache.wait_for_downloads().await;
         store.fail_heads_with(Some(StoreError::Transient("down".into())));
         let h = cache.open_object("b", "k", None).await.expect("stale");
         assert_eq!(h.outcome, Outcome::StaleHit);

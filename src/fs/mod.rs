@@ -417,15 +417,12 @@ impl S3Fs {
         match files.get(&fh) {
             None => Some(Err(FsError::BadHandle)),
             Some(OpenFile::Stats(b)) => Some(Ok(slice(b, offset, size))),
-            Some(OpenFile::Object(h)) if h.file().is_some() => {
+            Some(OpenFile::Object(h)) => {
                 let h = h.clone();
                 drop(files);
-                Some(
-                    h.read_cached(offset, size as usize)
-                        .map_err(|e| FsError::from_cache(&e)),
-                )
+                h.try_read(offset, size as usize)
+                    .map(|r| r.map_err(|e| FsError::from_cache(&e)))
             }
-            Some(OpenFile::Object(_)) => None,
         }
     }
 
@@ -472,6 +469,9 @@ mod tests {
                 validate_etag: true,
                 profile: "default".into(),
                 sweep_interval: Duration::from_secs(60),
+                part_size: CacheConfig::DEFAULT_PART_SIZE,
+                fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
+                read_timeout: Duration::from_secs(30),
             },
             store,
             Arc::new(SystemClock),

@@ -46,7 +46,7 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// One object as seen by HEAD or LIST.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,

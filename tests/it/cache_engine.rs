@@ -15,6 +15,15 @@ async fn read_all(h: &ObjectHandle) -> Vec<u8> {
     h.read(0, h.size as usize).await.expect("read").to_vec()
 }
 
+/// Opens and reads the whole object, then waits until its download is committed, so
+/// the next step sees a settled cache.
+async fn fetch(cache: &Cache, bucket: &str, key: &str) -> ObjectHandle {
+    let h = cache.open_object(bucket, key, None).await.expect("open");
+    read_all(&h).await;
+    cache.wait_for_downloads().await;
+    h
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit() {
     let env = Env::new();
@@ -28,6 +37,7 @@ async fn miss_then_hit() {
         .expect("open");
     assert_eq!(h.outcome, Outcome::Miss);
     assert_eq!(read_all(&h).await, data);
+    cache.wait_for_downloads().await;
     let h = cache
         .open_object("bkt", "dir/file.bin", None)
         .await
@@ -64,6 +74,7 @@ async fn changed_etag_refetches_and_old_handle_keeps_its_bytes() {
     assert_eq!(new.outcome, Outcome::Miss);
     assert_eq!(read_all(&new).await, b"version two!");
     assert_eq!(read_all(&old).await, b"version one");
+    cache.wait_for_downloads().await;
     let s = cache.stats();
     assert_eq!(s.etag_mismatches, 1);
     assert_eq!(s.entry_count, 1);
@@ -80,7 +91,7 @@ async fn ttl_expiry_on_access_and_by_background_sweep() {
     cfg.ttl = Duration::from_secs(3600);
     cfg.sweep_interval = Duration::from_millis(50);
     let cache = env.cache_with_clock(cfg, clock.clone()).await;
-    cache.open_object("bkt", "a", None).await.expect("open");
+    fetch(&cache, "bkt", "a").await;
     clock.advance_ms(3_599_000);
     assert_eq!(
         cache
@@ -96,7 +107,7 @@ async fn ttl_expiry_on_access_and_by_background_sweep() {
     assert_eq!(cache.stats().expirations, 1);
 
     // The sweep frees space without waiting for an access.
-    cache.open_object("bkt", "b", None).await.expect("open");
+    fetch(&cache, "bkt", "b").await;
     let path = cache.entry_path("bkt", "b").expect("path");
     assert!(path.exists());
     clock.advance_ms(3_600_000);
@@ -118,10 +129,7 @@ async fn entry_limit_keeps_the_200_most_recently_used() {
     }
     let cache = env.cache(env.cache_config()).await;
     for i in 0..150 {
-        cache
-            .open_object("bkt", &format!("k{i}"), None)
-            .await
-            .expect("open");
+        fetch(&cache, "bkt", &format!("k{i}")).await;
     }
     // Use the first 50 again: they are now more recent than 50..150.
     for i in 0..50 {
@@ -132,10 +140,7 @@ async fn entry_limit_keeps_the_200_most_recently_used() {
         assert_eq!(h.outcome, Outcome::Hit);
     }
     for i in 150..300 {
-        cache
-            .open_object("bkt", &format!("k{i}"), None)
-            .await
-            .expect("open");
+        fetch(&cache, "bkt", &format!("k{i}")).await;
         assert!(cache.stats().entry_count <= 200);
     }
     let expect: Vec<_> = (150..300)
@@ -169,10 +174,15 @@ async fn size_limit_is_never_exceeded_and_evicts_lru() {
     cfg.max_size = 10_000;
     let cache = env.cache(cfg).await;
     for i in 0..6 {
-        cache
+        eprintln!("DEBUG fetch k{i}");
+        let h = cache
             .open_object("bkt", &format!("k{i}"), None)
             .await
             .expect("open");
+        eprintln!("DEBUG opened {:?}", h);
+        read_all(&h).await;
+        eprintln!("DEBUG read; stats {:?}", cache.stats());
+        cache.wait_for_downloads().await;
         assert!(cache.stats().total_size <= 10_000);
     }
     let want: Vec<_> = (3..6)
@@ -195,12 +205,10 @@ async fn restart_keeps_entries_and_lru_order() {
     let before = {
         let cache = env.cache(env.cache_config()).await;
         for i in [0, 1, 2, 3, 4, 1, 0] {
-            cache
-                .open_object("bkt", &format!("k{i}"), None)
-                .await
-                .expect("open");
+            fetch(&cache, "bkt", &format!("k{i}")).await;
         }
         let order = cache.keys_lru_first();
+        cache.wait_for_downloads().await;
         cache.close().expect("close");
         order
     };
@@ -225,8 +233,8 @@ async fn flipped_byte_or_truncation_is_caught_and_refetched() {
     env.server.put("bkt", "cut", pattern(6, 50_000));
     {
         let cache = env.cache(env.cache_config()).await;
-        cache.open_object("bkt", "flip", None).await.expect("open");
-        cache.open_object("bkt", "cut", None).await.expect("open");
+        fetch(&cache, "bkt", "flip").await;
+        fetch(&cache, "bkt", "cut").await;
         let p = cache.entry_path("bkt", "flip").expect("path");
         let mut bytes = std::fs::read(&p).expect("read");
         bytes[12_345] ^= 0x01;
@@ -280,7 +288,7 @@ async fn transient_head_failure_serves_stale_and_404_removes() {
     let env = Env::new();
     env.server.put("bkt", "k", "cached bytes");
     let cache = env.cache(env.cache_config()).await;
-    cache.open_object("bkt", "k", None).await.expect("open");
+    fetch(&cache, "bkt", "k").await;
     env.server.faults.fail(Some(Kind::Head), 10, 500);
     let h = cache.open_object("bkt", "k", None).await.expect("stale");
     assert_eq!(h.outcome, Outcome::StaleHit);
@@ -353,7 +361,11 @@ fn child_process_entry() {
             Ok(cache) => {
                 println!("OPENED");
                 if !var("FETCH").is_empty() {
+                    // Reading it all keeps this process downloading until it is killed.
                     let h = cache.open_object("bkt", &var("FETCH"), None).await;
+                    if let Ok(h) = &h {
+                        let _ = h.read(0, h.size as usize).await;
+                    }
                     println!("FETCHED: {:?}", h.map(|h| h.size));
                 }
             }
@@ -442,8 +454,8 @@ async fn clear_empties_the_cache_but_open_handles_keep_reading() {
     env.server.put("bkt", "a", pattern(1, 10_000));
     env.server.put("bkt", "b", pattern(2, 10_000));
     let cache = env.cache(env.cache_config()).await;
-    let h = cache.open_object("bkt", "a", None).await.expect("open");
-    cache.open_object("bkt", "b", None).await.expect("open");
+    let h = fetch(&cache, "bkt", "a").await;
+    fetch(&cache, "bkt", "b").await;
     assert_eq!(cache.clear(), 2);
     let s = cache.stats();
     assert_eq!((s.entry_count, s.total_size), (0, 0));

@@ -72,6 +72,9 @@ pub fn cache_config(dir: &Path) -> CacheConfig {
         validate_etag: true,
         profile: "default".into(),
         sweep_interval: Duration::from_secs(3600),
+        part_size: CacheConfig::DEFAULT_PART_SIZE,
+        fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
+        read_timeout: Duration::from_secs(30),
     }
 }
 

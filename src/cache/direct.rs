@@ -1,0 +1,183 @@
+//! Reading straight from S3 (cache off, object larger than the cache, `O_DIRECT`, or a
+//! fill that failed): one streaming GET per run of sequential reads, with a bounded
+//! window of bytes kept around the read position so the kernel's overlapping and
+//! slightly out-of-order reads do not restart the stream. Memory stays at about
+//! [`WINDOW`] bytes per open handle, whatever the object size.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::stats::{Stats, add};
+use crate::store::{ByteStream, ObjectStore, StoreError};
+
+/// Bytes kept behind the newest read, and how far ahead a read may be and still be
+/// served by reading on in the same stream.
+const WINDOW: u64 = 8 << 20;
+
+pub(crate) struct DirectReader {
+    store: Arc<dyn ObjectStore>,
+    stats: Arc<Stats>,
+    bucket: String,
+    key: String,
+    etag: String,
+    size: u64,
+    read_timeout: Duration,
+    win: tokio::sync::Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Offset of the first byte in `chunks`.
+    base: u64,
+    chunks: VecDeque<Bytes>,
+    buffered: u64,
+    stream: Option<ByteStream>,
+}
+
+impl DirectReader {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        stats: Arc<Stats>,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        size: u64,
+        read_timeout: Duration,
+    ) -> DirectReader {
+        DirectReader {
+            store,
+            stats,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            etag: etag.to_string(),
+            size,
+            read_timeout,
+            win: tokio::sync::Mutex::new(Window::default()),
+        }
+    }
+
+    pub(crate) async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let end = self.size.min(offset.saturating_add(len as u64));
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let mut w = self.win.lock().await;
+        let stream_pos = w.base + w.buffered;
+        if w.stream.is_none() && stream_pos < end || offset < w.base || offset > stream_pos + WINDOW
+        {
+            // Start a new stream here (first read, a seek, or a read behind the window).
+            let if_match = (!self.etag.is_empty()).then_some(self.etag.as_str());
+            let got = self
+                .store
+                .get_range(&self.bucket, &self.key, Some(offset..self.size), if_match)
+                .await?;
+            *w = Window {
+                base: offset,
+                stream: Some(got.body),
+                ..Window::default()
+            };
+        }
+        while w.base + w.buffered < end {
+            let Some(stream) = w.stream.as_mut() else {
+                return Err(StoreError::Transient("stream ended early".into()));
+            };
+            let next = tokio::time::timeout(self.read_timeout, stream.next()).await;
+            match next {
+                Ok(Some(Ok(chunk))) => {
+                    add(&self.stats.bytes_from_s3, chunk.len() as u64);
+                    w.buffered += chunk.len() as u64;
+                    w.chunks.push_back(chunk);
+                }
+                Ok(Some(Err(e))) => {
+                    w.stream = None;
+                    return Err(e);
+                }
+                Ok(None) => {
+                    w.stream = None;
+                    return Err(StoreError::Transient(format!(
+                        "s3://{}/{}: body ended before byte {end}",
+                        self.bucket, self.key
+                    )));
+                }
+                Err(_) => {
+                    w.stream = None;
+                    return Err(StoreError::Transient(format!(
+                        "s3://{}/{}: no data for {:?}",
+                        self.bucket, self.key, self.read_timeout
+                    )));
+                }
+            }
+        }
+        let out = copy_out(&w, offset, end);
+        // Keep at most WINDOW bytes behind the end of this read.
+        while w.buffered > WINDOW
+            && w.chunks
+                .front()
+                .is_some_and(|c| w.base + (c.len() as u64) <= end.saturating_sub(WINDOW))
+        {
+            if let Some(c) = w.chunks.pop_front() {
+                w.base += c.len() as u64;
+                w.buffered -= c.len() as u64;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn copy_out(w: &Window, start: u64, end: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity((end - start) as usize);
+    let mut at = w.base;
+    for c in &w.chunks {
+        let c_end = at + c.len() as u64;
+        if c_end > start && at < end {
+            let from = start.saturating_sub(at) as usize;
+            let to = (end.min(c_end) - at) as usize;
+            out.extend_from_slice(&c[from..to]);
+        }
+        at = c_end;
+        if at >= end {
+            break;
+        }
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn sequential_and_overlapping_reads_share_one_stream() {
+        let store = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let etag = store.put("b", "k", data.clone());
+        let r = DirectReader::new(
+            store.clone(),
+            Arc::new(Stats::default()),
+            "b",
+            "k",
+            &etag,
+            data.len() as u64,
+            Duration::from_secs(5),
+        );
+        for (off, len) in [
+            (0u64, 1000usize),
+            (1000, 5000),
+            (500, 100),
+            (6000, 994_000),
+            (999_990, 100),
+        ] {
+            let got = r.read(off, len).await.expect("read");
+            let end = (off as usize + len).min(data.len());
+            assert_eq!(&got[..], &data[off as usize..end], "read at {off}");
+        }
+        assert_eq!(store.gets.load(Ordering::Relaxed), 1);
+    }
+}

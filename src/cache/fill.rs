@@ -1,0 +1,477 @@
+//! Streaming fills: a miss starts one background download of the whole object into a
+//! temporary cache file, in parts fetched by parallel ranged GETs pinned to one ETag
+//! (`If-Match`). Reads are answered as soon as their bytes have landed; a read far ahead
+//! of the fill fetches its own part at once. All handles of the object share the fill.
+//! When every part has landed and the checksums agree, the file is committed to the cache.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::ranges::RangeSet;
+use super::stats::{Stats, add};
+use super::{CacheError, CacheKey};
+use crate::store::{ByteStream, ObjectStore, StoreError};
+
+/// Attempts per part (each resumes from the last byte received).
+const PART_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FillFailure {
+    /// The object changed (or vanished) on S3: bytes of this version can no longer be had.
+    Changed,
+    /// Network, S3 or local disk trouble: reads can still try S3 directly.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Pending,
+    InFlight,
+    Done,
+}
+
+struct State {
+    landed: RangeSet,
+    parts: Vec<Part>,
+    /// None while running.
+    outcome: Option<Result<(), FillFailure>>,
+}
+
+/// What a fill needs from its cache.
+#[derive(Clone)]
+pub(crate) struct FillCtx {
+    pub store: Arc<dyn ObjectStore>,
+    pub stats: Arc<Stats>,
+    /// Longest a read waits for its bytes before it fails with EIO.
+    pub read_timeout: Duration,
+}
+
+pub(crate) struct Fill {
+    /// Which download of this key this is (its entry in the cache's flights map).
+    pub flight: u64,
+    pub key: CacheKey,
+    pub bucket: String,
+    pub object_key: String,
+    pub etag: String,
+    pub size: u64,
+    pub file: Arc<File>,
+    pub tmp_path: PathBuf,
+    part_size: u64,
+    state: Mutex<State>,
+    progress: watch::Sender<u64>,
+    ctx: FillCtx,
+}
+
+impl Fill {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        flight: u64,
+        key: CacheKey,
+        bucket: &str,
+        object_key: &str,
+        etag: &str,
+        size: u64,
+        file: File,
+        tmp_path: PathBuf,
+        part_size: u64,
+        ctx: FillCtx,
+    ) -> Fill {
+        let part_size = part_size.max(64 * 1024);
+        let parts = size.div_ceil(part_size) as usize;
+        Fill {
+            flight,
+            key,
+            bucket: bucket.to_string(),
+            object_key: object_key.to_string(),
+            etag: etag.to_string(),
+            size,
+            file: Arc::new(file),
+            tmp_path,
+            part_size,
+            state: Mutex::new(State {
+                landed: RangeSet::default(),
+                parts: vec![Part::Pending; parts],
+                outcome: None,
+            }),
+            progress: watch::channel(0).0,
+            ctx,
+        }
+    }
+
+    fn part_range(&self, i: usize) -> Range<u64> {
+        let start = i as u64 * self.part_size;
+        start..(start + self.part_size).min(self.size)
+    }
+
+    fn bump(&self) {
+        self.progress.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub(crate) fn outcome(&self) -> Option<Result<(), FillFailure>> {
+        self.state.lock().outcome.clone()
+    }
+
+    /// Part 0's body is already open (the GET that started the fill): no one else may
+    /// fetch it.
+    pub(crate) fn mark_first_in_flight(&self) {
+        if let Some(p) = self.state.lock().parts.first_mut() {
+            *p = Part::InFlight;
+        }
+    }
+
+    /// Every byte has landed (verification and commit may still be under way).
+    pub(crate) fn all_landed(&self) -> bool {
+        self.state.lock().landed.contains(&(0..self.size))
+    }
+
+    /// Ends the fill (first outcome wins).
+    pub(crate) fn finish(&self, outcome: Result<(), FillFailure>) {
+        {
+            let mut st = self.state.lock();
+            if st.outcome.is_some() {
+                return;
+            }
+            st.outcome = Some(outcome);
+        }
+        self.bump();
+    }
+
+    /// The bytes at `offset` if they have all landed: a `pread`, no waiting.
+    pub(crate) fn try_read(&self, offset: u64, len: usize) -> Option<std::io::Result<Bytes>> {
+        let end = self.size.min(offset.saturating_add(len as u64));
+        if offset >= end {
+            return Some(Ok(Bytes::new()));
+        }
+        if !self.state.lock().landed.contains(&(offset..end)) {
+            return None;
+        }
+        Some(pread(&self.file, offset, (end - offset) as usize))
+    }
+
+    /// Waits until the bytes at `offset` have landed (asking for them first if the fill
+    /// is not about to get there) and reads them.
+    pub(crate) async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes, ReadMiss> {
+        let end = self.size.min(offset.saturating_add(len as u64));
+        let mut rx = self.progress.subscribe();
+        let deadline = Instant::now() + self.ctx.read_timeout;
+        let mut asked = false;
+        loop {
+            rx.borrow_and_update();
+            if let Some(r) = self.try_read(offset, len) {
+                return r.map_err(|e| ReadMiss::Failed(e.to_string()));
+            }
+            match self.outcome() {
+                Some(Err(FillFailure::Changed)) => return Err(ReadMiss::Changed),
+                Some(Err(FillFailure::Failed(m))) => return Err(ReadMiss::Failed(m)),
+                Some(Ok(())) => {
+                    return Err(ReadMiss::Failed("fill ended without these bytes".into()));
+                }
+                None => {}
+            }
+            if !asked {
+                self.request(offset..end);
+                asked = true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReadMiss::Failed(format!(
+                    "no bytes at offset {offset} within {:?}",
+                    self.ctx.read_timeout
+                )));
+            }
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// Fetches the parts covering `r` now, beside the sequential workers, unless they
+    /// are already landed or on their way.
+    fn request(self: &Arc<Self>, r: Range<u64>) {
+        if r.start >= r.end {
+            return;
+        }
+        let first = (r.start / self.part_size) as usize;
+        let last = ((r.end - 1) / self.part_size) as usize;
+        for i in first..=last {
+            let take = {
+                let mut st = self.state.lock();
+                match st.parts.get(i) {
+                    Some(Part::Pending) => {
+                        st.parts[i] = Part::InFlight;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if take {
+                debug!(part = i, key = %self.object_key, "fetching part out of order for a read");
+                let me = self.clone();
+                tokio::spawn(async move { me.run_part(i, None).await });
+            }
+        }
+    }
+
+    /// The next part for a sequential worker: lowest pending first.
+    fn next_pending(&self) -> Option<usize> {
+        let mut st = self.state.lock();
+        if st.outcome.is_some() {
+            return None;
+        }
+        let i = st.parts.iter().position(|p| *p == Part::Pending)?;
+        st.parts[i] = Part::InFlight;
+        Some(i)
+    }
+
+    async fn run_part(self: &Arc<Self>, i: usize, first: Option<ByteStream>) {
+        match self.fetch_part(i, first).await {
+            Ok(()) => {
+                self.state.lock().parts[i] = Part::Done;
+                self.bump();
+            }
+            Err(f) => {
+                warn!(key = %self.object_key, part = i, failure = ?f, "fill abandoned");
+                self.finish(Err(f));
+            }
+        }
+    }
+
+    /// Downloads one part, resuming from the last byte received after a failure.
+    async fn fetch_part(&self, i: usize, mut first: Option<ByteStream>) -> Result<(), FillFailure> {
+        let range = self.part_range(i);
+        let mut pos = range.start;
+        let mut attempt = 0u32;
+        let mut last_err = String::new();
+        while pos < range.end {
+            if self.outcome().is_some() {
+                return Ok(());
+            }
+            if attempt >= PART_ATTEMPTS {
+                return Err(FillFailure::Failed(last_err));
+            }
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            attempt += 1;
+            let mut body = match first.take() {
+                Some(b) => b,
+                None => match self
+                    .ctx
+                    .store
+                    .get_range(
+                        &self.bucket,
+                        &self.object_key,
+                        Some(pos..range.end),
+                        Some(&self.etag),
+                    )
+                    .await
+                {
+                    Ok(g) => g.body,
+                    Err(StoreError::PreconditionFailed(_)) | Err(StoreError::NotFound(_)) => {
+                        return Err(FillFailure::Changed);
+                    }
+                    Err(e) => {
+                        last_err = e.to_string();
+                        continue;
+                    }
+                },
+            };
+            while pos < range.end {
+                let chunk = match body.next().await {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        last_err = e.to_string();
+                        break;
+                    }
+                    None => {
+                        last_err = format!("body ended at byte {pos} of part {range:?}");
+                        break;
+                    }
+                };
+                let take = chunk.len().min((range.end - pos) as usize);
+                write_all_at(&self.file, &chunk[..take], pos).map_err(|e| {
+                    FillFailure::Failed(format!("writing {}: {e}", self.tmp_path.display()))
+                })?;
+                self.state.lock().landed.insert(pos..pos + take as u64);
+                pos += take as u64;
+                add(&self.ctx.stats.bytes_from_s3, take as u64);
+                self.bump();
+                if self.outcome().is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the whole fill: `workers` sequential workers (the first one starting with
+    /// `first`, the already open body of part 0) plus a checksum pass that follows the
+    /// landed prefix. Returns the CRC32 of the file when every byte landed and verified.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        workers: usize,
+        mut first: Option<ByteStream>,
+    ) -> Result<u32, FillFailure> {
+        let hasher = {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.checksum_pass())
+        };
+        let mut tasks = Vec::new();
+        if let Some(body) = first.take() {
+            // Part 0 is already on its way (`mark_first_in_flight`).
+            let me = self.clone();
+            tasks.push(tokio::spawn(
+                async move { me.run_part(0, Some(body)).await },
+            ));
+        }
+        let extra = usize::from(!tasks.is_empty());
+        for _ in extra..workers.max(1) {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(i) = me.next_pending() {
+                    me.run_part(i, None).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Out-of-order parts may still be on their way.
+        let mut rx = self.progress.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let st = self.state.lock();
+                if let Some(Err(f)) = &st.outcome {
+                    return Err(f.clone());
+                }
+                if st.parts.iter().all(|p| *p == Part::Done) {
+                    break;
+                }
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+        match hasher.await {
+            Ok(r) => r,
+            Err(e) => Err(FillFailure::Failed(format!("checksum task: {e}"))),
+        }
+    }
+
+    /// CRC32 (always) and MD5 (when the ETag is a plain MD5) over the file in order, as
+    /// its prefix lands, so verification costs no extra pass at the end.
+    fn checksum_pass(&self) -> Result<u32, FillFailure> {
+        let mut rx = self.progress.subscribe();
+        let mut crc = crc32fast::Hasher::new();
+        let want_md5 = super::plain_md5(&self.etag);
+        let mut md5 = want_md5.as_ref().map(|_| Md5::new());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            rx.borrow_and_update();
+            let (prefix, outcome) = {
+                let st = self.state.lock();
+                (st.landed.prefix_len(), st.outcome.clone())
+            };
+            if let Some(Err(f)) = outcome {
+                return Err(f);
+            }
+            while done < prefix {
+                let n = ((prefix - done) as usize).min(buf.len());
+                let got = self
+                    .file
+                    .read_at(&mut buf[..n], done)
+                    .map_err(|e| FillFailure::Failed(format!("reading back: {e}")))?;
+                if got == 0 {
+                    return Err(FillFailure::Failed(
+                        "file shorter than its landed bytes".into(),
+                    ));
+                }
+                crc.update(&buf[..got]);
+                if let Some(h) = &mut md5 {
+                    h.update(&buf[..got]);
+                }
+                done += got as u64;
+            }
+            if done >= self.size {
+                break;
+            }
+            if futures::executor::block_on(rx.changed()).is_err() {
+                return Err(FillFailure::Failed("fill dropped".into()));
+            }
+        }
+        if let (Some(h), Some(want)) = (md5, want_md5) {
+            let got = hex::encode(h.finalize());
+            if got != want {
+                return Err(FillFailure::Failed(format!(
+                    "MD5 {got} does not match ETag {want}"
+                )));
+            }
+        }
+        Ok(crc.finalize())
+    }
+}
+
+/// Why a read on a filling object could not be answered from the fill.
+#[derive(Debug)]
+pub(crate) enum ReadMiss {
+    Changed,
+    Failed(String),
+}
+
+impl From<ReadMiss> for CacheError {
+    fn from(m: ReadMiss) -> CacheError {
+        match m {
+            ReadMiss::Changed => CacheError::Store(StoreError::PreconditionFailed(
+                "object changed while being read".into(),
+            )),
+            ReadMiss::Failed(why) => CacheError::Internal(why),
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64 << attempt.min(6);
+    let capped = base.min(5_000);
+    Duration::from_millis(capped / 2 + rand::random::<u64>() % (capped / 2 + 1))
+}
+
+pub(crate) fn pread(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(Bytes::from(buf))
+}
+
+fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match file.write_at(data, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
