@@ -458,6 +458,15 @@ pub struct MountArgs {
         help_heading = "Mount"
     )]
     pub fuse_threads: Option<String>,
+    /// Let the kernel read complete cache files directly (FUSE passthrough) when it
+    /// can [default: true]
+    #[arg(
+        long,
+        env = "S3CACHEFS_PASSTHROUGH",
+        value_name = "BOOL",
+        help_heading = "Mount"
+    )]
+    pub passthrough: Option<String>,
 
     /// More logging: -v debug, -vv trace (VERBOSE=true is -v; RUST_LOG overrides both)
     #[arg(short, long, action = ArgAction::Count, help_heading = "Logging")]
@@ -628,6 +637,12 @@ impl MountArgs {
             )? as usize,
             None => 4,
         };
+        let passthrough = match &self.passthrough {
+            Some(v) => {
+                config::parse_bool(&o("passthrough", "passthrough", "S3CACHEFS_PASSTHROUGH"), v)?
+            }
+            None => true,
+        };
         let mut verbosity = self.verbose;
         if let Ok(v) = std::env::var("VERBOSE")
             && config::parse_bool(&Origin("VERBOSE".into()), &v)?
@@ -651,6 +666,7 @@ impl MountArgs {
                 file_mode,
                 dir_mode,
                 fuse_threads,
+                passthrough,
                 log_file: self.log_file.as_deref().map(config::absolute),
             },
             s3: S3Options {

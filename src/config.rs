@@ -48,6 +48,8 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub fuse_threads: usize,
+    /// Use FUSE passthrough for complete cache files when the kernel allows it.
+    pub passthrough: bool,
     pub log_file: Option<PathBuf>,
 }
 

@@ -2,19 +2,23 @@
 //! Anything that may wait on S3 runs as a task on the Tokio runtime and replies from
 //! there, so the FUSE threads stay free for `ls` and reads of cached files.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session,
-    SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::MountSettings;
 use crate::fs::{Attr, FsError, Kind, S3Fs};
@@ -25,6 +29,58 @@ const MAX_READ: u32 = 1 << 20;
 struct FuseAdapter {
     fs: Arc<S3Fs>,
     rt: Handle,
+    /// Asked for by the configuration; `passthrough_on` says whether the kernel agreed.
+    want_passthrough: bool,
+    passthrough_on: Arc<AtomicBool>,
+    modes: Arc<Mutex<OpenModes>>,
+}
+
+/// How each open file was handed to the kernel. The kernel refuses to mix page-cached
+/// and passthrough opens of one inode, so a new open takes whichever mode the inode's
+/// other open files allow.
+#[derive(Default)]
+struct OpenModes {
+    by_fh: HashMap<u64, (u64, Mode)>,
+    /// ino -> (passthrough opens, page-cached opens)
+    by_ino: HashMap<u64, (u32, u32)>,
+}
+
+enum Mode {
+    /// Kept until release: dropping it closes the kernel's backing file.
+    Passthrough(#[allow(dead_code)] BackingId),
+    Cached,
+    /// direct_io: neither (the stats file, or an open beside passthrough ones).
+    Uncached,
+}
+
+impl OpenModes {
+    fn counts(&mut self, ino: u64) -> &mut (u32, u32) {
+        self.by_ino.entry(ino).or_default()
+    }
+
+    fn add(&mut self, fh: u64, ino: u64, mode: Mode) {
+        match mode {
+            Mode::Passthrough(_) => self.counts(ino).0 += 1,
+            Mode::Cached => self.counts(ino).1 += 1,
+            Mode::Uncached => {}
+        }
+        self.by_fh.insert(fh, (ino, mode));
+    }
+
+    fn remove(&mut self, fh: u64) {
+        let Some((ino, mode)) = self.by_fh.remove(&fh) else {
+            return;
+        };
+        let c = self.counts(ino);
+        match mode {
+            Mode::Passthrough(_) => c.0 = c.0.saturating_sub(1),
+            Mode::Cached => c.1 = c.1.saturating_sub(1),
+            Mode::Uncached => {}
+        }
+        if *c == (0, 0) {
+            self.by_ino.remove(&ino);
+        }
+    }
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -60,6 +116,24 @@ impl Filesystem for FuseAdapter {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.want_passthrough {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    // The cache directory itself may sit on a stacked filesystem.
+                    let _ = config.set_max_stack_depth(2);
+                    self.passthrough_on.store(true, Ordering::Relaxed);
+                    info!(
+                        "read path: FUSE passthrough (the kernel reads complete cache files directly)"
+                    );
+                }
+                Err(_) => info!(
+                    "read path: through s3cachefs, page cache kept across opens \
+                     (this kernel offers no FUSE passthrough)"
+                ),
+            }
+        } else {
+            info!("read path: through s3cachefs, page cache kept across opens (passthrough off)");
+        }
         Ok(())
     }
 
@@ -178,20 +252,51 @@ impl Filesystem for FuseAdapter {
         let write = (f & libc::O_ACCMODE) != libc::O_RDONLY || (f & libc::O_TRUNC) != 0;
         let direct = (f & libc::O_DIRECT) != 0;
         let fs = self.fs.clone();
+        let (modes, pt_on) = (self.modes.clone(), self.passthrough_on.clone());
         self.rt.spawn(async move {
-            match fs.open(ino.0, write, direct).await {
-                Ok(o) => {
-                    let mut flags = FopenFlags::empty();
-                    if o.direct_io {
-                        flags |= FopenFlags::FOPEN_DIRECT_IO;
-                    }
-                    if o.keep_cache {
-                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                    }
-                    reply.opened(FileHandle(o.fh), flags);
+            let o = match fs.open(ino.0, write, direct).await {
+                Ok(o) => o,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
                 }
-                Err(e) => reply.error(errno(&e)),
+            };
+            let mut modes = modes.lock();
+            let (pt_opens, cached_opens) = *modes.counts(ino.0);
+            if let Some(file) = o.cache_file.as_ref().filter(|_| {
+                pt_on.load(Ordering::Relaxed) && cached_opens == 0 && !o.direct_io
+            }) {
+                match reply.open_backing(file.as_ref()) {
+                    Ok(id) => {
+                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                        modes.add(o.fh, ino.0, Mode::Passthrough(id));
+                        drop(modes);
+                        fs.passthrough_opened(o.fh);
+                        return;
+                    }
+                    Err(e) => {
+                        // Not permitted (needs CAP_SYS_ADMIN) or not supported here.
+                        if pt_on.swap(false, Ordering::Relaxed) {
+                            warn!(error = %e, "FUSE passthrough refused; reading through s3cachefs from now on");
+                        }
+                    }
+                }
             }
+            let mut flags = FopenFlags::empty();
+            // With passthrough on, an object not yet complete is opened uncached, so the
+            // passthrough opens that follow once it is complete never meet a page-cached
+            // open of the same inode (the kernel refuses that mix).
+            let mode = if o.direct_io || pt_opens > 0 || pt_on.load(Ordering::Relaxed) {
+                flags |= FopenFlags::FOPEN_DIRECT_IO;
+                Mode::Uncached
+            } else {
+                if o.keep_cache {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                Mode::Cached
+            };
+            reply.opened(FileHandle(o.fh), flags);
+            modes.add(o.fh, ino.0, mode);
         });
     }
 
@@ -259,6 +364,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.modes.lock().remove(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -439,7 +545,14 @@ pub fn mount(fs: Arc<S3Fs>, rt: Handle, settings: &MountSettings) -> io::Result<
     }
     cfg.n_threads = Some(settings.fuse_threads);
     cfg.clone_fd = settings.fuse_threads > 1;
-    let session = Session::new(FuseAdapter { fs, rt }, &settings.mountpoint, &cfg)?;
+    let adapter = FuseAdapter {
+        fs,
+        rt,
+        want_passthrough: settings.passthrough,
+        passthrough_on: Arc::new(AtomicBool::new(false)),
+        modes: Arc::new(Mutex::new(OpenModes::default())),
+    };
+    let session = Session::new(adapter, &settings.mountpoint, &cfg)?;
     info!(mountpoint = %settings.mountpoint.display(), threads = settings.fuse_threads, "mounted");
     Ok(Mounted { session })
 }

@@ -71,6 +71,13 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
 /// Says what went wrong reaching S3 in words a user can act on.
 fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
     let place = endpoint.unwrap_or("AWS S3");
+    let text = e.to_string();
+    if text.contains("loading credentials") || text.contains("no credentials") {
+        return MountError::S3(format!(
+            "no usable AWS credentials for {place}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+             or use --profile with ~/.aws/credentials ({text})"
+        ));
+    }
     MountError::S3(match e {
         StoreError::AccessDenied(m) => format!(
             "access denied to {what} ({m}); check the credentials (AWS_ACCESS_KEY_ID/\

@@ -370,7 +370,7 @@ impl Fill {
 
     /// CRC32 (always) and MD5 (when the ETag is a plain MD5) over the file in order, as
     /// its prefix lands, so verification costs no extra pass at the end.
-    fn checksum_pass(&self) -> Result<u32, FillFailure> {
+    fn checksum_pass(self: &Arc<Self>) -> Result<u32, FillFailure> {
         let mut rx = self.progress.subscribe();
         let mut crc = crc32fast::Hasher::new();
         let want_md5 = super::plain_md5(&self.etag);
@@ -406,8 +406,13 @@ impl Fill {
             if done >= self.size {
                 break;
             }
-            if futures::executor::block_on(rx.changed()).is_err() {
-                return Err(FillFailure::Failed("fill dropped".into()));
+            // Poll rather than block on the channel: this thread holds the fill, so a
+            // fill whose tasks were dropped (runtime shutdown) must still let it go.
+            while !rx.has_changed().unwrap_or(true) {
+                if Arc::strong_count(self) <= 1 {
+                    return Err(FillFailure::Failed("fill dropped".into()));
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         if let (Some(h), Some(want)) = (md5, want_md5) {

@@ -163,6 +163,11 @@ impl Index {
         Ok(victims)
     }
 
+    /// The LRU position the next insert or use will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Holds room for a download of `size` bytes (after its victims are removed).
     pub fn reserve(&mut self, size: u64) {
         self.reserved_size += size;

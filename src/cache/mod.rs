@@ -926,32 +926,28 @@ impl Inner {
     ) -> Result<(), CacheError> {
         let disk = self.disk()?;
         let _w = disk.write_lock.lock();
-        let victims = disk.index.lock().victims_for(&k, entry.size)?;
+        let (victims, seq) = {
+            let ix = disk.index.lock();
+            (ix.victims_for(&k, entry.size)?, ix.next_seq())
+        };
         for v in &victims {
             let _ = std::fs::remove_file(disk.layout.entry_path(v));
         }
-        let mut batch = Batch {
-            removes: victims.clone(),
-            ..Batch::default()
-        };
         {
             let mut ix = disk.index.lock();
             for v in &victims {
                 ix.remove(v);
             }
-            let e = ix.insert(k, entry);
-            batch
-                .upserts
-                .push((k, row, (e.seq, e.last_access_ms, e.hits)));
         }
         add(&self.stats.evictions, victims.len() as u64);
-        if let Err(e) = disk.db.apply(&batch, true) {
-            disk.index.lock().remove(&k);
-            return Err(e.into());
-        }
+        let batch = Batch {
+            removes: victims,
+            upserts: vec![(k, row, (seq, entry.last_access_ms, entry.hits))],
+            ..Batch::default()
+        };
+        disk.db.apply(&batch, true)?;
         let dest = disk.layout.entry_path(&k);
         if let Err(source) = std::fs::rename(tmp_path, &dest) {
-            disk.index.lock().remove(&k);
             let _ = disk.db.apply(
                 &Batch {
                     removes: vec![k],
@@ -961,6 +957,9 @@ impl Inner {
             );
             return Err(CacheError::Io { path: dest, source });
         }
+        // Only now may an open find it: the file is in place.
+        disk.index.lock().insert(k, entry);
+        disk.dirty.lock().insert(k);
         Ok(())
     }
 

@@ -21,6 +21,11 @@ pub struct Stats {
     pub bytes_from_cache: AtomicU64,
     pub downloads_in_flight: AtomicU64,
     pub errors: AtomicU64,
+    /// Opens of complete cache files handed to the kernel (FUSE passthrough): their
+    /// reads never reach s3cachefs, so their whole size counts as bytes_from_cache.
+    pub passthrough_opens: AtomicU64,
+    /// Read requests s3cachefs answered itself.
+    pub read_requests: AtomicU64,
     started: Instant,
 }
 
@@ -39,6 +44,8 @@ impl Default for Stats {
             bytes_from_cache: AtomicU64::new(0),
             downloads_in_flight: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            passthrough_opens: AtomicU64::new(0),
+            read_requests: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -73,6 +80,8 @@ pub struct StatsSnapshot {
     pub bytes_from_cache: u64,
     pub downloads_in_flight: u64,
     pub errors: u64,
+    pub passthrough_opens: u64,
+    pub read_requests: u64,
     pub uptime_seconds: u64,
 }
 
@@ -112,6 +121,8 @@ impl Stats {
             bytes_from_cache: get(&self.bytes_from_cache),
             downloads_in_flight: get(&self.downloads_in_flight),
             errors: get(&self.errors),
+            passthrough_opens: get(&self.passthrough_opens),
+            read_requests: get(&self.read_requests),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

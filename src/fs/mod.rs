@@ -420,25 +420,41 @@ impl S3Fs {
             Some(OpenFile::Object(h)) => {
                 let h = h.clone();
                 drop(files);
+                // Object reads only: passthrough tests watch this stay still.
+                self.cache
+                    .counters()
+                    .read_requests
+                    .fetch_add(1, Ordering::Relaxed);
                 h.try_read(offset, size as usize)
                     .map(|r| r.map_err(|e| FsError::from_cache(&e)))
             }
         }
     }
 
+    /// A read that may wait on S3 (call [`S3Fs::read_fast`] first).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        if let Some(r) = self.read_fast(fh, offset, size) {
-            return r;
-        }
         let h = match self.files.lock().get(&fh) {
             Some(OpenFile::Object(h)) => h.clone(),
-            _ => return Err(FsError::BadHandle),
+            Some(OpenFile::Stats(b)) => return Ok(slice(b, offset, size)),
+            None => return Err(FsError::BadHandle),
         };
         h.read(offset, size as usize).await.map_err(|e| {
             warn!(url = %crate::cache::s3_url(&h.bucket, &h.key), error = %e, "read failed");
             crate::cache::bump_errors(&self.cache);
             FsError::from_cache(&e)
         })
+    }
+
+    /// The kernel reads this handle's cache file itself (passthrough): count its bytes
+    /// as served from the cache, since its reads never reach us.
+    pub fn passthrough_opened(&self, fh: u64) {
+        let size = match self.files.lock().get(&fh) {
+            Some(OpenFile::Object(h)) => h.size,
+            _ => return,
+        };
+        let c = self.cache.counters();
+        c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+        c.bytes_from_cache.fetch_add(size, Ordering::Relaxed);
     }
 
     pub fn release(&self, fh: u64) {

@@ -76,7 +76,7 @@ async fn changed_etag_refetches_and_old_handle_keeps_its_bytes() {
     assert_eq!(read_all(&old).await, b"version one");
     cache.wait_for_downloads().await;
     let s = cache.stats();
-    assert_eq!(s.etag_mismatches, 1);
+    assert!(s.etag_mismatches >= 1);
     assert_eq!(s.entry_count, 1);
     assert_eq!(env.server.counters.gets_of("bkt", "obj"), 2);
 }
@@ -466,4 +466,79 @@ async fn clear_empties_the_cache_but_open_handles_keep_reading() {
     drop((h, cache));
     let cache = env.cache(env.cache_config()).await;
     assert_eq!(cache.stats().entry_count, 0, "cleared for good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_at_the_end_of_a_cold_object_is_served_before_the_fill_gets_there() {
+    let env = Env::new();
+    let size = 64 << 20;
+    let data = pattern(40, size);
+    env.server.put("bkt", "movie.mp4", data.clone());
+    // 4 MiB/s per GET: the whole object would take many seconds.
+    env.server.faults.get_rate.store(4 << 20, Ordering::SeqCst);
+    let mut cfg = env.cache_config();
+    cfg.part_size = 1 << 20;
+    let cache = env.cache(cfg).await;
+    let started = Instant::now();
+    let h = cache
+        .open_object("bkt", "movie.mp4", None)
+        .await
+        .expect("open");
+    let tail = h.read(size as u64 - 4096, 4096).await.expect("tail");
+    let took = started.elapsed();
+    assert!(tail[..] == data[size - 4096..], "tail bytes match");
+    let stats = cache.stats();
+    let fetched = stats.bytes_from_s3;
+    assert_eq!(stats.downloads_in_flight, 1, "the fill is still under way");
+    assert!(
+        fetched < size as u64 / 2,
+        "the tail came before most of the object ({fetched} bytes fetched in {took:?})"
+    );
+    drop(h);
+    env.server.faults.get_rate.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_never_mixes_two_versions() {
+    let env = Env::new();
+    let size = 32 << 20;
+    let v1 = pattern(41, size);
+    let v2 = pattern(42, size);
+    env.server.put("bkt", "obj", v1.clone());
+    env.server.faults.get_rate.store(8 << 20, Ordering::SeqCst);
+    let mut cfg = env.cache_config();
+    cfg.part_size = 1 << 20;
+    cfg.fill_concurrency = 2;
+    let cache = env.cache(cfg).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    let head = h.read(0, 4096).await.expect("first bytes");
+    assert!(head[..] == v1[..4096]);
+    // Replaced while the fill is under way.
+    env.server.put("bkt", "obj", v2.clone());
+    let mut failures = 0;
+    for i in 0..32usize {
+        let off = i * (1 << 20) + 12_345;
+        match h.read(off as u64, 1000).await {
+            Ok(b) => assert!(
+                b[..] == v1[off..off + 1000],
+                "read at {off} is of the version opened"
+            ),
+            Err(e) => {
+                assert!(
+                    matches!(e.store_error(), Some(StoreError::PreconditionFailed(_))),
+                    "{e}"
+                );
+                failures += 1;
+            }
+        }
+    }
+    assert!(
+        failures > 0,
+        "bytes of the old version beyond the fill cannot be had"
+    );
+    env.server.faults.get_rate.store(0, Ordering::SeqCst);
+    cache.wait_for_downloads().await;
+    // The replaced version was not kept; the next open gets the new one whole.
+    let h2 = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert!(read_all(&h2).await == v2);
 }

@@ -498,3 +498,47 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
     assert_eq!(code, 1);
     assert!(err.contains("in use by another s3cachefs process"), "{err}");
 }
+
+fn stat_u64(m: &Mount, field: &str) -> u64 {
+    m.stats()[field].as_u64().unwrap_or(0)
+}
+
+fn wait_settled(m: &Mount) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stat_u64(m, "downloads_in_flight") > 0 {
+        assert!(Instant::now() < deadline, "download never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hits_use_passthrough_and_the_read_handler_is_not_called() {
+    let env = Env::new();
+    let data = pattern(50, 5 << 20);
+    env.server.put("bkt", "hit.bin", data.clone());
+    let m = Mount::start(&env, &[]);
+    assert!(std::fs::read(m.p("bkt/hit.bin")).expect("cold") == data);
+    wait_settled(&m);
+    let reads_before = stat_u64(&m, "read_requests");
+    assert!(std::fs::read(m.p("bkt/hit.bin")).expect("warm") == data);
+    assert_eq!(stat_u64(&m, "passthrough_opens"), 1, "{}", m.stats());
+    assert_eq!(
+        stat_u64(&m, "read_requests"),
+        reads_before,
+        "the kernel read the cache file itself"
+    );
+}
+
+#[test]
+fn without_passthrough_hits_serve_the_same_bytes() {
+    let env = Env::new();
+    let data = pattern(51, 3 << 20);
+    env.server.put("bkt", "hit.bin", data.clone());
+    let m = Mount::start(&env, &["--passthrough", "false"]);
+    for _ in 0..3 {
+        assert!(std::fs::read(m.p("bkt/hit.bin")).expect("read") == data);
+        wait_settled(&m);
+    }
+    assert_eq!(stat_u64(&m, "passthrough_opens"), 0);
+    assert!(stat_u64(&m, "hits") >= 2);
+}
