@@ -32,6 +32,8 @@ pub(crate) enum FillFailure {
     Changed,
     /// Network, S3 or local disk trouble: reads can still try S3 directly.
     Failed(String),
+    /// The cache's disk is full: reads go to S3, and room is made for next time.
+    NoSpace(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +175,9 @@ impl Fill {
             }
             match self.outcome() {
                 Some(Err(FillFailure::Changed)) => return Err(ReadMiss::Changed),
-                Some(Err(FillFailure::Failed(m))) => return Err(ReadMiss::Failed(m)),
+                Some(Err(FillFailure::Failed(m) | FillFailure::NoSpace(m))) => {
+                    return Err(ReadMiss::Failed(m));
+                }
                 Some(Ok(())) => {
                     return Err(ReadMiss::Failed("fill ended without these bytes".into()));
                 }
@@ -299,7 +303,12 @@ impl Fill {
                 };
                 let take = chunk.len().min((range.end - pos) as usize);
                 write_all_at(&self.file, &chunk[..take], pos).map_err(|e| {
-                    FillFailure::Failed(format!("writing {}: {e}", self.tmp_path.display()))
+                    let why = format!("writing {}: {e}", self.tmp_path.display());
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        FillFailure::NoSpace(why)
+                    } else {
+                        FillFailure::Failed(why)
+                    }
                 })?;
                 self.state.lock().landed.insert(pos..pos + take as u64);
                 pos += take as u64;

@@ -255,6 +255,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     stats: Arc<Stats>,
     disk: Option<Disk>,
+    /// Disk trouble is reported once, not on every open.
+    warned_disk: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap to clone; all clones share one cache.
@@ -279,9 +281,25 @@ impl Cache {
         store: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Cache, CacheError> {
-        let disk = if cfg.enabled {
-            let layout = Layout::open(&cfg.dir)?;
-            let (db, loaded) = IndexDb::open(&layout.index_path())?;
+        let opened = if cfg.enabled {
+            match Layout::open(&cfg.dir) {
+                Ok(layout) => match IndexDb::open(&layout.index_path()) {
+                    Ok(db) => Some((layout, db)),
+                    Err(e) => {
+                        warn!(error = %e, "cache index unusable; running WITHOUT a cache (every read goes to S3)");
+                        None
+                    }
+                },
+                Err(e @ LayoutError::Locked { .. }) => return Err(e.into()),
+                Err(e) => {
+                    warn!(error = %e, "cache directory unusable; running WITHOUT a cache (every read goes to S3)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let disk = if let Some((layout, (db, loaded))) = opened {
             let index = Index::from_entries(cfg.max_size, cfg.max_entries, loaded.entries);
             info!(
                 dir = %cfg.dir.display(),
@@ -316,6 +334,7 @@ impl Cache {
                 clock,
                 stats: Arc::new(Stats::default()),
                 disk,
+                warned_disk: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if cache.inner.disk.is_some() {
@@ -538,7 +557,14 @@ impl Cache {
             CacheError::TooLarge(_) => {}
             other => {
                 bump(&inner.stats.errors);
-                warn!(url = %s3_url(bucket, key), error = %other, "cache cannot store this object; reading from S3");
+                if !inner
+                    .warned_disk
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!(url = %s3_url(bucket, key), error = %other, "cache cannot store objects; reading from S3 (reported once)");
+                } else {
+                    debug!(url = %s3_url(bucket, key), error = %other, "cache cannot store this object");
+                }
             }
         }
         let meta = match fresh {
@@ -903,9 +929,31 @@ impl Inner {
             }
             Err(f) => {
                 let _ = std::fs::remove_file(&fill.tmp_path);
-                if let FillFailure::Failed(why) = &f {
-                    bump(&self.stats.errors);
-                    warn!(%url, %why, "download failed; reads go to S3 directly");
+                match &f {
+                    FillFailure::Failed(why) => {
+                        bump(&self.stats.errors);
+                        warn!(%url, %why, "download failed; reads go to S3 directly");
+                    }
+                    FillFailure::NoSpace(why) => {
+                        bump(&self.stats.errors);
+                        // The disk holds less than the configured limit: give back room.
+                        let victims = {
+                            let ix = disk.index.lock();
+                            let mut freed = 0;
+                            ix.keys_lru_first()
+                                .into_iter()
+                                .take_while(|k| {
+                                    let go = freed < fill.size;
+                                    freed += ix.peek(k).map_or(0, |e| e.size);
+                                    go
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        warn!(%url, %why, evicting = victims.len(), "cache disk full; reads go to S3 directly");
+                        add(&self.stats.evictions, victims.len() as u64);
+                        self.remove_entries(&victims);
+                    }
+                    FillFailure::Changed => {}
                 }
                 fill.finish(Err(f));
             }

@@ -6,5 +6,6 @@ mod s3server;
 
 mod cache_engine;
 mod common;
+mod faults;
 mod mount;
 mod ops;

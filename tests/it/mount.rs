@@ -542,3 +542,136 @@ fn without_passthrough_hits_serve_the_same_bytes() {
     assert_eq!(stat_u64(&m, "passthrough_opens"), 0);
     assert!(stat_u64(&m, "hits") >= 2);
 }
+
+#[test]
+fn a_slow_object_does_not_hold_up_listing_or_cached_reads() {
+    let env = Env::new();
+    env.server.put("bkt", "fast.txt", "quick");
+    env.server.put("bkt", "slow.bin", pattern(70, 4 << 20));
+    let m = Mount::start(&env, &["--read-timeout", "120"]);
+    assert_eq!(
+        std::fs::read(m.p("bkt/fast.txt")).expect("warm up"),
+        b"quick"
+    );
+    wait_settled(&m);
+    env.server.faults.get_rate.store(32 << 10, Ordering::SeqCst);
+    let slow_path = m.p("bkt/slow.bin");
+    // Several readers stuck on the slow object, more than there are FUSE threads.
+    let readers: Vec<_> = (0..6)
+        .map(|i| {
+            let p = slow_path.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::open(&p).ok()?;
+                let mut buf = vec![0u8; 4096];
+                f.seek(SeekFrom::Start((i as u64 + 1) * 600_000)).ok()?;
+                f.read(&mut buf).ok()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(
+            std::fs::read(m.p("bkt/fast.txt")).expect("cached read"),
+            b"quick"
+        );
+        assert!(std::fs::read_dir(m.p("bkt")).expect("ls").count() >= 2);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cached reads and listings took {:?} beside a slow object",
+        started.elapsed()
+    );
+    env.server.faults.get_rate.store(0, Ordering::SeqCst);
+    drop(m);
+    for r in readers {
+        let _ = r.join();
+    }
+}
+
+#[test]
+fn a_dead_server_gives_eio_in_bounded_time() {
+    let env = Env::new();
+    env.server.put("bkt", "obj", pattern(71, 1 << 20));
+    let m = Mount::start(&env, &["--read-timeout", "5", "--max-attempts", "2"]);
+    assert!(m.p("bkt/obj").exists());
+    env.server.faults.fail(None, u64::MAX, 500);
+    let started = Instant::now();
+    let err = std::fs::read(m.p("bkt/obj")).expect_err("nothing to read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    env.server.faults.fail_next.store(0, Ordering::SeqCst);
+}
+
+#[test]
+fn private_modes_under_a_permissive_umask_and_no_secrets_in_logs() {
+    let env = Env::new();
+    env.server.put("bkt", "obj", "secret-free");
+    let mp = env.tmp.path().join("umask-mnt");
+    std::fs::create_dir_all(&mp).expect("mkdir");
+    let log = env.tmp.path().join("mount.log");
+    let cmd = format!(
+        "umask 000; exec '{}' mount '{}' --endpoint-url {} --force-path-style --cache-dir '{}' -vv --log-file '{}'",
+        env!("CARGO_BIN_EXE_s3cachefs"),
+        mp.display(),
+        env.server.endpoint(),
+        env.cache_dir().display(),
+        log.display()
+    );
+    // The same clean environment as the binary gets, through a shell that sets umask.
+    let mut sh = Command::new("sh");
+    for (k, v) in bin().get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let out = sh.arg("-c").arg(cmd).output().expect("mount");
+    let _guard = scopeguard(&mp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mp.join("bkt/obj")).expect("read"),
+        b"secret-free"
+    );
+    let _ = std::fs::read(mp.join("bkt/missing"));
+    let stats = std::fs::read_to_string(mp.join(".cache-stats")).expect("stats");
+    let st = bin().arg("unmount").arg(&mp).status().expect("unmount");
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&env.cache_dir()), 0o700);
+    let mut files = 0;
+    for shard in std::fs::read_dir(env.cache_dir()).expect("dir").flatten() {
+        if shard.file_type().expect("type").is_dir() {
+            assert_eq!(mode(&shard.path()), 0o700, "{}", shard.path().display());
+            for f in std::fs::read_dir(shard.path()).expect("shard").flatten() {
+                assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 1);
+    let logs = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logs.contains("DEBUG") || logs.contains("TRACE"),
+        "verbose logs were written"
+    );
+    for secret in [
+        SECRET_KEY,
+        ACCESS_KEY,
+        "Signature=",
+        "X-Amz-Signature",
+        "Authorization",
+    ] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+        assert!(!stats.contains(secret), "{secret} appears in .cache-stats");
+    }
+}

@@ -1,0 +1,186 @@
+//! Behaviour under faults injected by the test server, and on a full or unusable disk:
+//! the right bytes or a clear error, in bounded time, and nothing left behind.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use s3cachefs::cache::{Cache, ObjectHandle, Outcome};
+
+use crate::common::{Env, pattern};
+use crate::s3server::Kind;
+
+async fn read_all(h: &ObjectHandle) -> Result<Vec<u8>, s3cachefs::cache::CacheError> {
+    Ok(h.read(0, h.size as usize).await?.to_vec())
+}
+
+fn tmp_files(env: &Env) -> usize {
+    std::fs::read_dir(env.cache_dir().join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn small_parts_cache(env: &Env) -> Cache {
+    let mut cfg = env.cache_config();
+    cfg.part_size = 256 << 10;
+    cfg.read_timeout = Duration::from_secs(20);
+    env.cache(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_retried() {
+    let env = Env::new();
+    let data = pattern(60, 2 << 20);
+    env.server.put("bkt", "obj", data.clone());
+    let cache = small_parts_cache(&env).await;
+    // Slow down the parts after the first GET: 503 SlowDown, then 500s.
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    env.server.faults.fail(Some(Kind::Get), 3, 503);
+    assert!(read_all(&h).await.expect("read") == data);
+    env.server.faults.fail(Some(Kind::Get), 2, 500);
+    cache.wait_for_downloads().await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert!(read_all(&h).await.expect("read") == data);
+    assert!(
+        env.server.counters.count(Kind::Get) > 8,
+        "failed requests were retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_off_resumes_from_the_last_byte() {
+    let env = Env::new();
+    let data = pattern(61, 3 << 20);
+    env.server.put("bkt", "obj", data.clone());
+    env.server.faults.cut_after.store(100_000, Ordering::SeqCst);
+    env.server.faults.cut_next_gets.store(3, Ordering::SeqCst);
+    let cache = small_parts_cache(&env).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert!(read_all(&h).await.expect("read") == data);
+    cache.wait_for_downloads().await;
+    assert!(
+        cache.contains("bkt", "obj"),
+        "the resumed download was verified and kept"
+    );
+    // Resumed, not restarted: about one object's worth of bytes crossed the wire.
+    let sent = env.server.counters.get_bytes.load(Ordering::SeqCst);
+    assert!(sent < data.len() as u64 + 400_000, "{sent} bytes sent");
+    assert_eq!(tmp_files(&env), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_times_out_and_is_retried() {
+    let env = Env::new();
+    let data = pattern(62, 1 << 20);
+    env.server.put("bkt", "obj", data.clone());
+    env.server
+        .faults
+        .stall_after
+        .store(50_000, Ordering::SeqCst);
+    env.server.faults.stall_next_gets.store(1, Ordering::SeqCst);
+    let cache = small_parts_cache(&env).await;
+    let started = Instant::now();
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert!(read_all(&h).await.expect("read") == data);
+    // The SDK's stalled-stream protection gives up on a silent body after ~5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_cannot_be_served_fails_in_bounded_time() {
+    let env = Env::new();
+    let data = pattern(63, 4 << 20);
+    env.server.put("bkt", "obj", data.clone());
+    let mut cfg = env.cache_config();
+    cfg.part_size = 256 << 10;
+    cfg.read_timeout = Duration::from_secs(5);
+    let cache = env.cache(cfg).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    // From now on every GET fails.
+    env.server.faults.fail(Some(Kind::Get), 1_000_000, 500);
+    let started = Instant::now();
+    let r = h.read(3 << 20, 4096).await;
+    assert!(r.is_err(), "no bytes can be had");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    env.server.faults.fail_next.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_replaced_between_head_and_get_is_read_whole_in_one_version() {
+    let env = Env::new();
+    let v1 = pattern(64, 1 << 20);
+    let v2 = pattern(65, 1 << 20);
+    env.server.put("bkt", "obj", v1.clone());
+    let cache = env.cache(env.cache_config()).await;
+    // Known metadata says v1; the object changes before the GET.
+    let known = cache.store().head("bkt", "obj").await.expect("head");
+    env.server.put("bkt", "obj", v2.clone());
+    let h = cache
+        .open_object("bkt", "obj", Some(known))
+        .await
+        .expect("open");
+    let got = read_all(&h).await.expect("read");
+    assert!(got == v2, "the version there now, whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_falls_back_to_s3_and_leaves_no_partial_file() {
+    let env = Env::new();
+    let dir = env.cache_dir();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // A 2 MiB filesystem under a cache that believes it may use 64 MiB.
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success(), "mount tmpfs (the tests run as root)");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _umount = Umount(dir.clone());
+    env.server.put("bkt", "small", pattern(66, 500_000));
+    let big = pattern(67, 6 << 20);
+    env.server.put("bkt", "big", big.clone());
+    {
+        let cache = small_parts_cache(&env).await;
+        let h = cache.open_object("bkt", "small", None).await.expect("open");
+        read_all(&h).await.expect("small");
+        cache.wait_for_downloads().await;
+        assert!(cache.contains("bkt", "small"));
+        let h = cache.open_object("bkt", "big", None).await.expect("open");
+        assert!(read_all(&h).await.expect("big is still read") == big);
+        cache.wait_for_downloads().await;
+        assert!(!cache.contains("bkt", "big"), "not kept: it did not fit");
+        assert_eq!(tmp_files(&env), 0, "no partial file left");
+        let s = cache.stats();
+        assert!(s.errors >= 1 && s.evictions >= 1, "{s:?}");
+        cache.close().expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_cache_dir_means_uncached_reads_not_failure() {
+    let env = Env::new();
+    env.server.put("bkt", "obj", "still readable");
+    // A file where the cache directory should be.
+    std::fs::write(env.cache_dir(), "not a directory").expect("write");
+    let cache = env.cache(env.cache_config()).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert_eq!(h.outcome, Outcome::Direct);
+    assert_eq!(read_all(&h).await.expect("read"), b"still readable");
+    assert!(!cache.stats().enabled);
+}
