@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::common::{ACCESS_KEY, Env, SECRET_KEY, pattern};
+use crate::s3server::Kind;
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_s3cachefs"));
@@ -89,6 +90,15 @@ impl Mount {
     pub fn stats(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.p(".cache-stats")).expect("read stats");
         serde_json::from_str(&text).expect("stats is JSON")
+    }
+
+    /// Kills the process outright, leaving a dead mount to be cleaned up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -674,4 +684,87 @@ fn private_modes_under_a_permissive_umask_and_no_secrets_in_logs() {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
         assert!(!stats.contains(secret), "{secret} appears in .cache-stats");
     }
+}
+
+#[test]
+fn ls_then_cat_of_small_files_costs_one_list_and_no_head() {
+    let env = Env::new();
+    for i in 0..50 {
+        env.server
+            .put("bkt", &format!("small/f{i:02}"), pattern(i, 4096));
+    }
+    let m = Mount::start(&env, &["--metadata-ttl", "60"]);
+    env.server.counters.reset();
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.p("bkt/small"))
+        .output()
+        .expect("ls");
+    assert!(ls.status.success());
+    for round in 0..2 {
+        for i in 0..50 {
+            let got = std::fs::read(m.p(&format!("bkt/small/f{i:02}"))).expect("cat");
+            assert!(got == pattern(i, 4096), "round {round} f{i}");
+        }
+        wait_settled(&m);
+    }
+    let c = &env.server.counters;
+    assert_eq!(
+        c.count(Kind::Head),
+        0,
+        "no HEAD: versions come from the GETs and opens"
+    );
+    assert!(c.count(Kind::List) <= 2, "{} LISTs", c.count(Kind::List));
+    assert_eq!(
+        c.count(Kind::Get),
+        50,
+        "one GET per file, the second round all hits"
+    );
+}
+
+#[test]
+fn kill_9_during_fills_then_remount_serves_only_correct_bytes() {
+    let env = Env::new();
+    let objects: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            (
+                format!("o{i}"),
+                pattern(100 + i, (1 + i as usize % 4) << 20),
+            )
+        })
+        .collect();
+    for (k, d) in &objects {
+        env.server.put("bkt", k, d.clone());
+    }
+    for round in 0..3u64 {
+        env.server.faults.get_rate.store(8 << 20, Ordering::SeqCst);
+        let mut m = Mount::start(&env, &["--cache-max-entries", "8"]);
+        let readers: Vec<_> = objects
+            .iter()
+            .map(|(k, _)| {
+                let p = m.p(&format!("bkt/{k}"));
+                std::thread::spawn(move || std::fs::read(p))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(150 + round * 200));
+        m.kill9();
+        for r in readers {
+            let _ = r.join();
+        }
+        drop(m);
+        env.server.faults.get_rate.store(0, Ordering::SeqCst);
+        // Next start: consistent, only right bytes, nothing left in tmp/.
+        let m = Mount::start(&env, &["--cache-max-entries", "8"]);
+        for (k, d) in &objects {
+            let got = std::fs::read(m.p(&format!("bkt/{k}"))).expect("read after crash");
+            assert!(got == *d, "round {round}: {k} bytes");
+        }
+        wait_settled(&m);
+        let s = m.stats();
+        assert!(s["entry_count"].as_u64() <= Some(8), "{s}");
+    }
+    let tmp = std::fs::read_dir(env.cache_dir().join("tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(tmp, 0, "no temporary files after a clean stop");
 }
