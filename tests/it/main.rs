@@ -7,5 +7,6 @@ mod s3server;
 mod cache_engine;
 mod common;
 mod faults;
+mod index_model;
 mod mount;
 mod ops;
