@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
@@ -36,32 +36,42 @@ struct FuseAdapter {
 }
 
 /// How each open file was handed to the kernel. The kernel refuses to mix page-cached
-/// and passthrough opens of one inode, so a new open takes whichever mode the inode's
-/// other open files allow.
+/// and passthrough opens of one inode, and wants every open of an inode in passthrough
+/// mode to use the same backing file: so an inode has at most one backing id, shared by
+/// all its passthrough opens (one inode is one object version, so its bytes are right for
+/// every open of that inode).
 #[derive(Default)]
 struct OpenModes {
     by_fh: HashMap<u64, (u64, Mode)>,
-    /// ino -> (passthrough opens, page-cached opens)
-    by_ino: HashMap<u64, (u32, u32)>,
+    /// ino -> its backing file while any open uses it.
+    backing: HashMap<u64, Weak<BackingId>>,
+    /// ino -> page-cached opens.
+    cached: HashMap<u64, u32>,
 }
 
 enum Mode {
-    /// Kept until release: dropping it closes the kernel's backing file.
-    Passthrough(#[allow(dead_code)] BackingId),
+    /// Dropping the last one closes the kernel's backing file.
+    Passthrough(#[allow(dead_code)] Arc<BackingId>),
     Cached,
-    /// direct_io: neither (the stats file, or an open beside passthrough ones).
+    /// direct_io: the stats file, or an object still being filled.
     Uncached,
 }
 
 impl OpenModes {
-    fn counts(&mut self, ino: u64) -> &mut (u32, u32) {
-        self.by_ino.entry(ino).or_default()
+    fn backing_of(&self, ino: u64) -> Option<Arc<BackingId>> {
+        self.backing.get(&ino).and_then(Weak::upgrade)
+    }
+
+    fn cached_opens(&self, ino: u64) -> u32 {
+        self.cached.get(&ino).copied().unwrap_or(0)
     }
 
     fn add(&mut self, fh: u64, ino: u64, mode: Mode) {
-        match mode {
-            Mode::Passthrough(_) => self.counts(ino).0 += 1,
-            Mode::Cached => self.counts(ino).1 += 1,
+        match &mode {
+            Mode::Passthrough(id) => {
+                self.backing.insert(ino, Arc::downgrade(id));
+            }
+            Mode::Cached => *self.cached.entry(ino).or_default() += 1,
             Mode::Uncached => {}
         }
         self.by_fh.insert(fh, (ino, mode));
@@ -71,14 +81,22 @@ impl OpenModes {
         let Some((ino, mode)) = self.by_fh.remove(&fh) else {
             return;
         };
-        let c = self.counts(ino);
         match mode {
-            Mode::Passthrough(_) => c.0 = c.0.saturating_sub(1),
-            Mode::Cached => c.1 = c.1.saturating_sub(1),
+            Mode::Passthrough(id) => {
+                drop(id);
+                if self.backing_of(ino).is_none() {
+                    self.backing.remove(&ino);
+                }
+            }
+            Mode::Cached => {
+                if let Some(c) = self.cached.get_mut(&ino) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        self.cached.remove(&ino);
+                    }
+                }
+            }
             Mode::Uncached => {}
-        }
-        if *c == (0, 0) {
-            self.by_ino.remove(&ino);
         }
     }
 }
@@ -262,12 +280,23 @@ impl Filesystem for FuseAdapter {
                 }
             };
             let mut modes = modes.lock();
-            let (pt_opens, cached_opens) = *modes.counts(ino.0);
+            // An inode already in passthrough mode: every open must share its backing.
+            if !o.direct_io
+                && let Some(id) = modes.backing_of(ino.0)
+            {
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                modes.add(o.fh, ino.0, Mode::Passthrough(id));
+                drop(modes);
+                fs.passthrough_opened(o.fh);
+                return;
+            }
+            let cached_opens = modes.cached_opens(ino.0);
             if let Some(file) = o.cache_file.as_ref().filter(|_| {
                 pt_on.load(Ordering::Relaxed) && cached_opens == 0 && !o.direct_io
             }) {
                 match reply.open_backing(file.as_ref()) {
                     Ok(id) => {
+                        let id = Arc::new(id);
                         reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
                         modes.add(o.fh, ino.0, Mode::Passthrough(id));
                         drop(modes);
@@ -286,7 +315,7 @@ impl Filesystem for FuseAdapter {
             // With passthrough on, an object not yet complete is opened uncached, so the
             // passthrough opens that follow once it is complete never meet a page-cached
             // open of the same inode (the kernel refuses that mix).
-            let mode = if o.direct_io || pt_opens > 0 || pt_on.load(Ordering::Relaxed) {
+            let mode = if o.direct_io || pt_on.load(Ordering::Relaxed) {
                 flags |= FopenFlags::FOPEN_DIRECT_IO;
                 Mode::Uncached
             } else {

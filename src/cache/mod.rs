@@ -762,14 +762,30 @@ impl Inner {
     async fn open_entry_file(&self, k: &CacheKey, entry: &Entry) -> Option<Arc<File>> {
         let disk = self.disk.as_ref()?;
         let path = disk.layout.entry_path(k);
+        let same = |e: &Entry| e.etag == entry.etag && e.created_ms == entry.created_ms;
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cache file missing; refetching");
-                self.remove_entries(&[*k]);
+                // Usually an eviction that won the race with this open; else a file lost
+                // on disk. Drop the entry only if it is still the one we looked at.
+                debug!(path = %path.display(), error = %e, "cache file gone; fetching");
+                let _w = disk.write_lock.lock();
+                if disk.index.lock().peek(k).is_some_and(same) {
+                    self.remove_entries_locked(disk, &[*k]);
+                }
                 return None;
             }
         };
+        // Still the entry we validated? (Evicted and fetched again meanwhile: look again.)
+        if !disk.index.lock().peek(k).is_some_and(same) {
+            return None;
+        }
+        if !file.metadata().is_ok_and(|m| m.len() == entry.size) {
+            warn!(path = %path.display(), "cache file has the wrong size; refetching");
+            bump(&self.stats.corruptions);
+            self.remove_entries(&[*k]);
+            return None;
+        }
         let file = Arc::new(file);
         if !entry.verified {
             let (f, size, want) = (file.clone(), entry.size, entry.crc32);
@@ -880,11 +896,7 @@ impl Inner {
 
     /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
     fn finish_fill(&self, fill: &Fill, result: Result<u32, FillFailure>) {
-        self.stats
-            .downloads_in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let Some(disk) = &self.disk else { return };
-        disk.index.lock().unreserve(fill.size);
         let url = s3_url(&fill.bucket, &fill.object_key);
         // A download replaced by one of a newer version must not overwrite its entry.
         let current = disk
@@ -896,6 +908,7 @@ impl Inner {
             Ok(_) if !current => {
                 debug!(%url, "download of a replaced version finished; not kept");
                 let _ = std::fs::remove_file(&fill.tmp_path);
+                disk.index.lock().unreserve(fill.size);
                 fill.finish(Ok(()));
             }
             Ok(crc32) => {
@@ -921,14 +934,16 @@ impl Inner {
                 if let Err(e) = self.commit_insert(fill.key, entry, row, &fill.tmp_path) {
                     // Every byte is there for the handles already open; it is just not kept.
                     warn!(%url, error = %e, "could not keep the download in the cache");
-                    let _ = std::fs::remove_file(&fill.tmp_path);
                 } else {
                     debug!(%url, size = fill.size, "download complete and cached");
                 }
                 fill.finish(Ok(()));
             }
             Err(f) => {
+                // The file goes before its room is given back: the disk never holds more
+                // than the limits.
                 let _ = std::fs::remove_file(&fill.tmp_path);
+                disk.index.lock().unreserve(fill.size);
                 match &f {
                     FillFailure::Failed(why) => {
                         bump(&self.stats.errors);
@@ -961,6 +976,10 @@ impl Inner {
         if current {
             disk.flights.lock().remove(&fill.key);
         }
+        // Last: "no download in flight" then means committed and visible to opens.
+        self.stats
+            .downloads_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes room, records the entry and renames its file into place, in the order that
@@ -974,9 +993,18 @@ impl Inner {
     ) -> Result<(), CacheError> {
         let disk = self.disk()?;
         let _w = disk.write_lock.lock();
+        // The room held for this download becomes the entry's, under the same lock, so no
+        // other download can take it in between.
+        disk.index.lock().unreserve(entry.size);
         let (victims, seq) = {
             let ix = disk.index.lock();
-            (ix.victims_for(&k, entry.size)?, ix.next_seq())
+            match ix.victims_for(&k, entry.size) {
+                Ok(v) => (v, ix.next_seq()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(tmp_path);
+                    return Err(e.into());
+                }
+            }
         };
         for v in &victims {
             let _ = std::fs::remove_file(disk.layout.entry_path(v));
@@ -993,7 +1021,10 @@ impl Inner {
             upserts: vec![(k, row, (seq, entry.last_access_ms, entry.hits))],
             ..Batch::default()
         };
-        disk.db.apply(&batch, true)?;
+        if let Err(e) = disk.db.apply(&batch, true) {
+            let _ = std::fs::remove_file(tmp_path);
+            return Err(e.into());
+        }
         let dest = disk.layout.entry_path(&k);
         if let Err(source) = std::fs::rename(tmp_path, &dest) {
             let _ = disk.db.apply(
@@ -1003,6 +1034,7 @@ impl Inner {
                 },
                 true,
             );
+            let _ = std::fs::remove_file(tmp_path);
             return Err(CacheError::Io { path: dest, source });
         }
         // Only now may an open find it: the file is in place.

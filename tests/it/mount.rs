@@ -768,3 +768,30 @@ fn kill_9_during_fills_then_remount_serves_only_correct_bytes() {
         .count();
     assert_eq!(tmp, 0, "no temporary files after a clean stop");
 }
+
+#[test]
+fn many_open_handles_of_a_cached_file_and_o_direct_beside_them() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let env = Env::new();
+    let data = pattern(80, 2 << 20);
+    env.server.put("bkt", "shared.bin", data.clone());
+    let m = Mount::start(&env, &[]);
+    assert!(std::fs::read(m.p("bkt/shared.bin")).expect("cold") == data);
+    wait_settled(&m);
+    // All open at once: the kernel requires them to share one passthrough backing file.
+    let mut handles: Vec<std::fs::File> = (0..8)
+        .map(|_| std::fs::File::open(m.p("bkt/shared.bin")).expect("open"))
+        .collect();
+    // (Opened only: O_DIRECT reads need aligned buffers, as on a local disk.)
+    let _direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.p("bkt/shared.bin"))
+        .expect("O_DIRECT open beside passthrough opens");
+    for f in handles.iter_mut() {
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).expect("read");
+        assert!(got == data);
+    }
+    assert_eq!(stat_u64(&m, "errors"), 0);
+}
