@@ -795,3 +795,43 @@ fn many_open_handles_of_a_cached_file_and_o_direct_beside_them() {
     }
     assert_eq!(stat_u64(&m, "errors"), 0);
 }
+
+#[test]
+fn the_mount_is_private_unless_allow_other() {
+    let env = Env::new();
+    env.server.put("bkt", "obj", "mine");
+    let probe = |m: &Mount| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+            .arg(m.p("bkt"))
+            .output()
+            .expect("setpriv")
+    };
+    let m = Mount::start(&env, &[]);
+    let out = probe(&m);
+    assert!(!out.status.success(), "another user cannot look inside");
+    drop(m);
+    let m = Mount::start(&env, &["--allow-other"]);
+    let out = probe(&m);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("obj"));
+}
+
+#[test]
+fn a_cache_dir_that_vanishes_leaves_the_mount_working() {
+    let env = Env::new();
+    env.server.put("bkt", "a", pattern(90, 300_000));
+    env.server.put("bkt", "b", pattern(91, 300_000));
+    let m = Mount::start(&env, &[]);
+    assert!(std::fs::read(m.p("bkt/a")).expect("a") == pattern(90, 300_000));
+    wait_settled(&m);
+    std::fs::remove_dir_all(env.cache_dir()).expect("rm -rf the cache dir");
+    for _ in 0..3 {
+        assert!(std::fs::read(m.p("bkt/b")).expect("b, uncached") == pattern(91, 300_000));
+        assert!(std::fs::read(m.p("bkt/a")).expect("a") == pattern(90, 300_000));
+    }
+}
