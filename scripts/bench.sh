@@ -457,8 +457,14 @@ measure_limits() {
 
     # Plain HTTP against the same server, page cache dropped first like the cold mounts.
     drop_caches
-    out=$(step limit http -o /dev/null -w '%{size_download} %{time_total} %{time_starttransfer}' \
-        "$ENDPOINT/$BUCKET/big.bin") || exit 1
+    local get_big=(http -o /dev/null -w '%{size_download} %{time_total} %{time_starttransfer}' "$ENDPOINT/$BUCKET/big.bin")
+    # Once (on a busy machine) the server closed this 1 GiB response early; one failure
+    # of the reference GET is noted and measured again rather than ending the benchmark.
+    out=$("${get_big[@]}" 2>"$WORK/step.err") || {
+        record limit note "$r" "plain GET of the big object failed ($(tail -n 1 "$WORK/step.err")); measured again"
+        drop_caches
+        out=$(step limit "${get_big[@]}") || exit 1
+    }
     read -r size secs ttfb <<<"$out"
     [ "$size" = "$BIG_BYTES" ] || fail limit "plain GET returned $size bytes, wanted $BIG_BYTES"
     record limit get_big_mbs "$r" "$(mbs "$size" "$secs")"

@@ -70,6 +70,10 @@ impl IndexDb {
             msg,
         };
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        // Private like every other file of the cache, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(e.to_string()))?;
         let me = IndexDb {
             db,
             path: path.to_path_buf(),

@@ -669,6 +669,8 @@ fn private_modes_under_a_permissive_umask_and_no_secrets_in_logs() {
         }
     }
     assert!(files >= 1);
+    assert_eq!(mode(&env.cache_dir().join("index.redb")), 0o600);
+    assert_eq!(mode(&log), 0o600);
     let logs = std::fs::read_to_string(&log).expect("log");
     assert!(
         logs.contains("DEBUG") || logs.contains("TRACE"),
