@@ -86,41 +86,53 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn to_limits(&self, m: &ArgMatches) -> Result<Limits, ConfigError> {
-        let max_size_mb = match &self.cache_max_size_mb {
-            Some(v) => config::parse_u64_in(
-                &origin(
-                    m,
-                    "cache_max_size_mb",
-                    "cache-max-size-mb",
-                    "CACHE_MAX_SIZE_MB",
-                ),
-                v,
-                1,
-                1 << 30,
-                "megabytes",
-            )?,
-            None => DEFAULT_MAX_SIZE_MB,
-        };
-        let max_entries = match &self.cache_max_entries {
-            Some(v) => config::parse_u64_in(
-                &origin(
-                    m,
-                    "cache_max_entries",
-                    "cache-max-entries",
-                    "CACHE_MAX_ENTRIES",
-                ),
-                v,
-                1,
-                100_000_000,
-                "entries",
-            )?,
-            None => DEFAULT_MAX_ENTRIES,
-        };
+        let (max_size, max_entries) =
+            parse_limits(m, &self.cache_max_size_mb, &self.cache_max_entries)?;
         Ok(Limits {
-            max_size: max_size_mb * 1024 * 1024,
+            max_size,
             max_entries,
         })
     }
+}
+
+/// `--cache-max-size-mb` (returned in bytes) and `--cache-max-entries`, validated the same
+/// way for `mount` and for the commands that inspect a cache.
+fn parse_limits(
+    m: &ArgMatches,
+    max_size_mb: &Option<String>,
+    max_entries: &Option<String>,
+) -> Result<(u64, u64), ConfigError> {
+    let size_mb = match max_size_mb {
+        Some(v) => config::parse_u64_in(
+            &origin(
+                m,
+                "cache_max_size_mb",
+                "cache-max-size-mb",
+                "CACHE_MAX_SIZE_MB",
+            ),
+            v,
+            1,
+            1 << 30,
+            "megabytes",
+        )?,
+        None => DEFAULT_MAX_SIZE_MB,
+    };
+    let entries = match max_entries {
+        Some(v) => config::parse_u64_in(
+            &origin(
+                m,
+                "cache_max_entries",
+                "cache-max-entries",
+                "CACHE_MAX_ENTRIES",
+            ),
+            v,
+            1,
+            100_000_000,
+            "entries",
+        )?,
+        None => DEFAULT_MAX_ENTRIES,
+    };
+    Ok((size_mb * 1024 * 1024, entries))
 }
 
 #[derive(Debug, Args)]
@@ -518,34 +530,8 @@ impl MountArgs {
         if self.no_cache {
             enabled = false;
         }
-        let max_size_mb = match &self.cache_max_size_mb {
-            Some(v) => config::parse_u64_in(
-                &o(
-                    "cache_max_size_mb",
-                    "cache-max-size-mb",
-                    "CACHE_MAX_SIZE_MB",
-                ),
-                v,
-                1,
-                1 << 30,
-                "megabytes",
-            )?,
-            None => DEFAULT_MAX_SIZE_MB,
-        };
-        let max_entries = match &self.cache_max_entries {
-            Some(v) => config::parse_u64_in(
-                &o(
-                    "cache_max_entries",
-                    "cache-max-entries",
-                    "CACHE_MAX_ENTRIES",
-                ),
-                v,
-                1,
-                100_000_000,
-                "entries",
-            )?,
-            None => DEFAULT_MAX_ENTRIES,
-        };
+        let (max_size, max_entries) =
+            parse_limits(m, &self.cache_max_size_mb, &self.cache_max_entries)?;
         let ttl_hours = match &self.cache_ttl_hours {
             Some(v) => config::parse_f64_in(
                 &o("cache_ttl_hours", "cache-ttl-hours", "CACHE_TTL_HOURS"),
@@ -680,7 +666,7 @@ impl MountArgs {
             cache: CacheConfig {
                 enabled,
                 dir: cache_dir,
-                max_size: max_size_mb * 1024 * 1024,
+                max_size,
                 max_entries,
                 ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
                 validate_etag,
