@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
@@ -134,6 +134,9 @@ impl Filesystem for FuseAdapter {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings already carry every attribute: handing them over with the names spares
+        // `ls -l` one lookup round trip per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         if self.want_passthrough {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {
@@ -447,6 +450,42 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => {
+                reply.error(errno(&e));
+                return;
+            }
+        };
+        let ttl = self.fs.attr_ttl();
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            // An entry whose inode is gone (it cannot be, while the snapshot holds it)
+            // is left out rather than failing the whole listing.
+            let Ok(attr) = self.fs.getattr(e.ino) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                &e.name,
+                &ttl,
+                &to_file_attr(&attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -491,6 +530,8 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
+    // No extended attributes. ENOSYS (rather than ENODATA per name) makes the kernel
+    // remember that and answer every later getxattr itself: `ls -l` asks two per file.
     fn getxattr(
         &self,
         _req: &Request,
@@ -499,7 +540,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {

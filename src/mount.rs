@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::{Cache, CacheError, SystemClock};
 use crate::config::{Config, Source};
@@ -161,6 +161,8 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
 
 /// How often the log gets a summary of the cache counters.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(300);
+/// Longest the mount waits for the root listing before going live without it.
+const ROOT_PRIME_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the control socket that `s3cachefs stats/clear/warm` talk to. There is none when
 /// the cache is off (nothing to clear or warm); a mount works without it, so a failure
@@ -261,5 +263,19 @@ async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
         },
         cache.clone(),
     );
-    Ok((Arc::new(fs), cache))
+    let fs = Arc::new(fs);
+    // The first thing a user does is look at the root: list it now, while the mount is
+    // being set up anyway, so that costs no round trip. A root too big to list quickly
+    // goes on in the background instead of holding the mount up.
+    let priming = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.prime_root().await }
+    });
+    if tokio::time::timeout(ROOT_PRIME_WAIT, priming)
+        .await
+        .is_err()
+    {
+        debug!("root listing still under way; mounting without waiting for it");
+    }
+    Ok((fs, cache))
 }

@@ -169,6 +169,15 @@ impl S3Fs {
         }
     }
 
+    /// Lists the root ahead of the first lookup. A failure is only logged: the mount
+    /// already checked access, and the next lookup tries again.
+    pub async fn prime_root(&self) {
+        match self.listing(ROOT_INO).await {
+            Ok(e) => debug!(entries = e.len(), "root listed ahead of use"),
+            Err(e) => debug!(error = %e, "listing the root ahead of use failed"),
+        }
+    }
+
     /// The children of a directory, listed again from S3 when older than the TTL.
     async fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let (bucket, prefix) = {

@@ -689,6 +689,54 @@ fn private_modes_under_a_permissive_umask_and_no_secrets_in_logs() {
 }
 
 #[test]
+fn the_root_is_listed_at_mount_and_ls_l_gets_sizes_with_the_names() {
+    let env = Env::new();
+    env.server.put("bkt", "a", pattern(1, 10));
+    env.server.put("bkt", "b", pattern(2, 5000));
+    env.server.put("bkt", "d/x", pattern(3, 7));
+    let m = Mount::start(&env, &["--bucket", "bkt", "--metadata-ttl", "60"]);
+    // Listed while mounting: the first look at the root costs no LIST.
+    env.server.counters.reset();
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(&m.path)
+        .output()
+        .expect("ls");
+    assert!(ls.status.success());
+    assert_eq!(env.server.counters.count(Kind::List), 0);
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(text.contains(" 5000 ") && text.contains(" 10 "), "{text}");
+    let mut sizes = BTreeSet::new();
+    for e in std::fs::read_dir(&m.path).expect("read_dir").flatten() {
+        let md = e.metadata().expect("metadata");
+        sizes.insert((
+            e.file_name().to_string_lossy().into_owned(),
+            md.is_dir(),
+            md.len(),
+        ));
+    }
+    assert!(sizes.contains(&("a".into(), false, 10)), "{sizes:?}");
+    assert!(sizes.contains(&("b".into(), false, 5000)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|(n, dir, _)| n == "d" && *dir),
+        "{sizes:?}"
+    );
+    // No extended attributes: the kernel learns that once and stops asking (ENOTSUP).
+    let path = std::ffi::CString::new(m.p("a").as_os_str().as_encoded_bytes()).expect("path");
+    let name = c"user.any";
+    for _ in 0..2 {
+        // SAFETY: valid NUL-terminated strings; a null buffer of size 0 asks for the size.
+        let r = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+    assert_eq!(std::fs::read(m.p("b")).expect("read"), pattern(2, 5000));
+}
+
+#[test]
 fn ls_then_cat_of_small_files_costs_one_list_and_no_head() {
     let env = Env::new();
     for i in 0..50 {
