@@ -415,7 +415,7 @@ pub struct MountArgs {
         help_heading = "Cache"
     )]
     pub read_timeout: Option<String>,
-    /// How long a listing or HEAD result is trusted, in seconds [default: 10]
+    /// How long a listing or HEAD result is trusted, in seconds [default: 60]
     #[arg(
         long,
         env = "S3CACHEFS_METADATA_TTL",

@@ -11,7 +11,7 @@ use crate::store::S3Options;
 pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
 pub const DEFAULT_MAX_ENTRIES: u64 = 200;
 pub const DEFAULT_TTL_HOURS: f64 = 24.0;
-pub const DEFAULT_METADATA_TTL_SECS: f64 = 10.0;
+pub const DEFAULT_METADATA_TTL_SECS: f64 = 60.0;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
