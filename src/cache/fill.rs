@@ -25,6 +25,10 @@ use crate::store::{ByteStream, ObjectStore, StoreError};
 
 /// Attempts per part (each resumes from the last byte received).
 const PART_ATTEMPTS: u32 = 5;
+/// Where an out-of-order fetch starts: the read's offset rounded down to this.
+const SEEK_ALIGN: u64 = 64 * 1024;
+/// Longest the other parts wait for the first bytes of part 0 before starting anyway.
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FillFailure {
@@ -219,8 +223,15 @@ impl Fill {
             };
             if take {
                 debug!(part = i, key = %self.object_key, "fetching part out of order for a read");
+                // The part is fetched from where the read wants it (a seek to the
+                // index at the end of a video lands mid-part); its head comes after.
+                let from = if i == first {
+                    r.start - r.start % SEEK_ALIGN
+                } else {
+                    self.part_range(i).start
+                };
                 let me = self.clone();
-                tokio::spawn(async move { me.run_part(i, None).await });
+                tokio::spawn(async move { me.run_part(i, None, from).await });
             }
         }
     }
@@ -236,8 +247,15 @@ impl Fill {
         Some(i)
     }
 
-    async fn run_part(self: &Arc<Self>, i: usize, first: Option<ByteStream>) {
-        match self.fetch_part(i, first).await {
+    /// Fetches part `i` from `from` to its end, then its head before `from`.
+    async fn run_part(self: &Arc<Self>, i: usize, first: Option<ByteStream>, from: u64) {
+        let part = self.part_range(i);
+        let from = from.clamp(part.start, part.end);
+        let mut fetched = self.fetch_range(from..part.end, first).await;
+        if fetched.is_ok() && from > part.start {
+            fetched = self.fetch_range(part.start..from, None).await;
+        }
+        match fetched {
             Ok(()) => {
                 self.state.lock().parts[i] = Part::Done;
                 self.bump();
@@ -249,9 +267,13 @@ impl Fill {
         }
     }
 
-    /// Downloads one part, resuming from the last byte received after a failure.
-    async fn fetch_part(&self, i: usize, mut first: Option<ByteStream>) -> Result<(), FillFailure> {
-        let range = self.part_range(i);
+    /// Downloads `range` (within one part), resuming from the last byte received after a
+    /// failure.
+    async fn fetch_range(
+        &self,
+        range: Range<u64>,
+        mut first: Option<ByteStream>,
+    ) -> Result<(), FillFailure> {
         let mut pos = range.start;
         let mut attempt = 0u32;
         let mut last_err = String::new();
@@ -322,6 +344,27 @@ impl Fill {
         Ok(())
     }
 
+    /// Returns once the first bytes of the object have landed, the fill has ended, or
+    /// [`FIRST_BYTES_WAIT`] has passed.
+    async fn first_bytes_landed(&self) {
+        let mut rx = self.progress.subscribe();
+        let landed = async {
+            loop {
+                rx.borrow_and_update();
+                {
+                    let st = self.state.lock();
+                    if st.landed.prefix_len() > 0 || st.outcome.is_some() {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(FIRST_BYTES_WAIT, landed).await;
+    }
+
     /// Runs the whole fill: `workers` sequential workers (the first one starting with
     /// `first`, the already open body of part 0) plus a checksum pass that follows the
     /// landed prefix. Returns the CRC32 of the file when every byte landed and verified.
@@ -330,24 +373,28 @@ impl Fill {
         workers: usize,
         mut first: Option<ByteStream>,
     ) -> Result<u32, FillFailure> {
-        let hasher = {
-            let me = self.clone();
-            tokio::task::spawn_blocking(move || me.checksum_pass())
-        };
         let mut tasks = Vec::new();
         if let Some(body) = first.take() {
             // Part 0 is already on its way (`mark_first_in_flight`).
             let me = self.clone();
             tasks.push(tokio::spawn(
-                async move { me.run_part(0, Some(body)).await },
+                async move { me.run_part(0, Some(body), 0).await },
             ));
+            // Someone is waiting for the first bytes: let them land before more
+            // connections and the checksum thread compete for the CPU.
+            self.first_bytes_landed().await;
         }
+        let hasher = {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.checksum_pass())
+        };
         let extra = usize::from(!tasks.is_empty());
         for _ in extra..workers.max(1) {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(i) = me.next_pending() {
-                    me.run_part(i, None).await;
+                    let from = me.part_range(i).start;
+                    me.run_part(i, None, from).await;
                 }
             }));
         }
