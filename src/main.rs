@@ -68,13 +68,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Unmount(a) => match s3cachefs::fuse::unmount_path(&a.mountpoint) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("s3cachefs: unmounting {}: {e}", a.mountpoint.display());
-                ExitCode::FAILURE
+        Command::Unmount(a) => {
+            match admin(async { Ok(s3cachefs::admin::unmount::run(&a.mountpoint).await?) }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("s3cachefs: unmounting {}: {e:#}", a.mountpoint.display());
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Stats(a) => {
             let target = match a.to_target(sub_matches(&matches)) {
                 Ok(t) => t,

@@ -1,10 +1,11 @@
 //! The operating commands `s3cachefs stats`, `clear` and `warm`: each works on a live mount
 //! (through its `.cache-stats` file, its files, or its control socket) or, when nothing is
-//! mounted, on the cache directory itself.
+//! mounted, on the cache directory itself. `unmount` waits for the mount's process.
 
 pub mod clear;
 pub mod locate;
 pub mod stats;
+pub mod unmount;
 pub mod warm;
 
 use std::path::PathBuf;

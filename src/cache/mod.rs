@@ -247,7 +247,23 @@ struct Disk {
     next_flight: std::sync::atomic::AtomicU64,
     /// Resolves when recovery after an unclean shutdown has finished.
     recovered: tokio::sync::watch::Receiver<bool>,
+    /// Complete downloads waiting for the next group commit (see [`COMMIT_DELAY`]).
+    pending: Mutex<Vec<Pending>>,
+    /// Wakes the committer when `pending` gets its first download.
+    commit_due: Arc<tokio::sync::Notify>,
 }
+
+/// A complete, verified download on its way into the index.
+struct Pending {
+    fill: Arc<Fill>,
+    crc32: u32,
+}
+
+/// How long a complete download waits to be committed with the others that completed
+/// meanwhile. Each commit costs an fsync, which on ext4 also writes back every cache file
+/// written since the last one: one per download would cost a small object a third of its
+/// open time. The bytes are served from the download in the meantime.
+const COMMIT_DELAY: Duration = Duration::from_millis(100);
 
 struct Inner {
     cfg: CacheConfig,
@@ -318,6 +334,8 @@ impl Cache {
                 flights: Mutex::new(HashMap::new()),
                 next_flight: std::sync::atomic::AtomicU64::new(1),
                 recovered,
+                pending: Mutex::new(Vec::new()),
+                commit_due: Arc::new(tokio::sync::Notify::new()),
             };
             Some((disk, loaded.was_clean, done_tx))
         } else {
@@ -349,6 +367,9 @@ impl Cache {
                     }
                     let _ = tx.send(true);
                 });
+            }
+            if let Some(d) = &cache.inner.disk {
+                tokio::spawn(commit_loop(weak.clone(), d.commit_due.clone()));
             }
             tokio::spawn(sweep_loop(weak, cache.inner.cfg.sweep_interval));
         }
@@ -842,13 +863,7 @@ impl Inner {
                 }
             }
         };
-        {
-            let _w = disk.write_lock.lock();
-            let victims = disk.index.lock().victims_for(&k, size)?;
-            self.remove_entries_locked(disk, &victims);
-            add(&self.stats.evictions, victims.len() as u64);
-            disk.index.lock().reserve(size);
-        }
+        self.reserve_room(disk, &k, size)?;
         let (tmp_path, tmp) = match disk.layout.create_temp(&k) {
             Ok(t) => t,
             Err(e) => {
@@ -894,8 +909,37 @@ impl Inner {
         Ok(fill)
     }
 
+    /// Holds room for a download of `size` bytes, evicting what must go. When nothing
+    /// must, only the index lock is taken: a commit holding the write lock through its
+    /// fsync does not delay the next download.
+    fn reserve_room(&self, disk: &Disk, k: &CacheKey, size: u64) -> Result<(), CacheError> {
+        {
+            let mut ix = disk.index.lock();
+            if ix.victims_for(k, size)?.is_empty() {
+                ix.reserve(size);
+                return Ok(());
+            }
+        }
+        let _w = disk.write_lock.lock();
+        loop {
+            // Checked and reserved under one index lock: a reservation on the fast path
+            // may have taken the room freed by the last round.
+            let victims = {
+                let mut ix = disk.index.lock();
+                let victims = ix.victims_for(k, size)?;
+                if victims.is_empty() {
+                    ix.reserve(size);
+                    return Ok(());
+                }
+                victims
+            };
+            self.remove_entries_locked(disk, &victims);
+            add(&self.stats.evictions, victims.len() as u64);
+        }
+    }
+
     /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
-    fn finish_fill(&self, fill: &Fill, result: Result<u32, FillFailure>) {
+    fn finish_fill(&self, fill: &Arc<Fill>, result: Result<u32, FillFailure>) {
         let Some(disk) = &self.disk else { return };
         let url = s3_url(&fill.bucket, &fill.object_key);
         // A download replaced by one of a newer version must not overwrite its entry.
@@ -912,32 +956,13 @@ impl Inner {
                 fill.finish(Ok(()));
             }
             Ok(crc32) => {
-                let now = self.clock.now_ms();
-                let entry = Entry {
-                    etag: fill.etag.clone(),
-                    size: fill.size,
-                    created_ms: now,
-                    last_access_ms: now,
-                    seq: 0,
-                    hits: 0,
+                // The flight ends when the committer has put it in the index.
+                disk.pending.lock().push(Pending {
+                    fill: fill.clone(),
                     crc32,
-                    verified: true,
-                };
-                let row = EntryRow {
-                    url: url.clone(),
-                    profile: self.cfg.profile.clone(),
-                    etag: fill.etag.clone(),
-                    size: fill.size,
-                    created_ms: now,
-                    crc32,
-                };
-                if let Err(e) = self.commit_insert(fill.key, entry, row, &fill.tmp_path) {
-                    // Every byte is there for the handles already open; it is just not kept.
-                    warn!(%url, error = %e, "could not keep the download in the cache");
-                } else {
-                    debug!(%url, size = fill.size, "download complete and cached");
-                }
-                fill.finish(Ok(()));
+                });
+                disk.commit_due.notify_one();
+                return;
             }
             Err(f) => {
                 // The file goes before its room is given back: the disk never holds more
@@ -973,8 +998,19 @@ impl Inner {
                 fill.finish(Err(f));
             }
         }
-        if current {
-            disk.flights.lock().remove(&fill.key);
+        self.end_flight(disk, fill);
+    }
+
+    /// Ends a download's flight: later opens find its entry (or fetch anew).
+    fn end_flight(&self, disk: &Disk, fill: &Fill) {
+        {
+            let mut flights = disk.flights.lock();
+            if flights
+                .get(&fill.key)
+                .is_some_and(|(id, _)| *id == fill.flight)
+            {
+                flights.remove(&fill.key);
+            }
         }
         // Last: "no download in flight" then means committed and visible to opens.
         self.stats
@@ -982,65 +1018,140 @@ impl Inner {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Makes room, records the entry and renames its file into place, in the order that
-    /// keeps a crash harmless (see the module comment).
-    fn commit_insert(
-        &self,
-        k: CacheKey,
-        entry: Entry,
-        row: EntryRow,
-        tmp_path: &Path,
-    ) -> Result<(), CacheError> {
-        let disk = self.disk()?;
+    /// Puts every complete download waiting in `pending` into the cache with one durable
+    /// index commit, then ends their flights.
+    fn commit_pending(&self) {
+        let Some(disk) = &self.disk else { return };
+        let batch = std::mem::take(&mut *disk.pending.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let results = self.commit_inserts(disk, &batch);
+        for (p, r) in batch.iter().zip(results) {
+            let url = s3_url(&p.fill.bucket, &p.fill.object_key);
+            match r {
+                Ok(true) => debug!(%url, size = p.fill.size, "download complete and cached"),
+                Ok(false) => debug!(%url, "download of a replaced version finished; not kept"),
+                // Every byte is there for the handles already open; it is just not kept.
+                Err(e) => warn!(%url, error = %e, "could not keep the download in the cache"),
+            }
+            p.fill.finish(Ok(()));
+            self.end_flight(disk, &p.fill);
+        }
+    }
+
+    /// The index, db and file half of [`Inner::commit_pending`]: `Ok(false)` for a
+    /// download replaced by a newer version meanwhile, which must not overwrite its entry.
+    ///
+    /// Each download's room stays reserved until its entry takes it over (under one index
+    /// lock), so a download reserving meanwhile cannot count it as free. Files go before
+    /// their room is given back: the disk never holds more than the limits.
+    fn commit_inserts(&self, disk: &Disk, batch: &[Pending]) -> Vec<Result<bool, CacheError>> {
         let _w = disk.write_lock.lock();
-        // The room held for this download becomes the entry's, under the same lock, so no
-        // other download can take it in between.
-        disk.index.lock().unreserve(entry.size);
-        let (victims, seq) = {
-            let ix = disk.index.lock();
-            match ix.victims_for(&k, entry.size) {
-                Ok(v) => (v, ix.next_seq()),
-                Err(e) => {
-                    let _ = std::fs::remove_file(tmp_path);
-                    return Err(e.into());
+        let now = self.clock.now_ms();
+        let drop_download = |p: &Pending| {
+            let _ = std::fs::remove_file(&p.fill.tmp_path);
+            disk.index.lock().unreserve(p.fill.size);
+        };
+        let mut results: Vec<Result<bool, CacheError>> = Vec::with_capacity(batch.len());
+        let mut db_batch = Batch::default();
+        for p in batch {
+            let f = &p.fill;
+            let current = disk
+                .flights
+                .lock()
+                .get(&f.key)
+                .is_some_and(|(id, _)| *id == f.flight);
+            if !current {
+                drop_download(p);
+                results.push(Ok(false));
+                continue;
+            }
+            let victims = {
+                let mut ix = disk.index.lock();
+                ix.unreserve(f.size);
+                let victims = ix.victims_for(&f.key, f.size);
+                ix.reserve(f.size);
+                match victims {
+                    Ok(v) => v,
+                    Err(e) => {
+                        drop(ix);
+                        drop_download(p);
+                        results.push(Err(e.into()));
+                        continue;
+                    }
+                }
+            };
+            for v in &victims {
+                let _ = std::fs::remove_file(disk.layout.entry_path(v));
+            }
+            {
+                let mut ix = disk.index.lock();
+                for v in &victims {
+                    ix.remove(v);
                 }
             }
-        };
-        for v in &victims {
-            let _ = std::fs::remove_file(disk.layout.entry_path(v));
+            add(&self.stats.evictions, victims.len() as u64);
+            db_batch.removes.extend(victims);
+            let seq = disk.index.lock().next_seq() + db_batch.upserts.len() as u64;
+            let row = EntryRow {
+                url: s3_url(&f.bucket, &f.object_key),
+                profile: self.cfg.profile.clone(),
+                etag: f.etag.clone(),
+                size: f.size,
+                created_ms: now,
+                crc32: p.crc32,
+            };
+            db_batch.upserts.push((f.key, row, (seq, now, 0)));
+            results.push(Ok(true));
         }
-        {
-            let mut ix = disk.index.lock();
-            for v in &victims {
-                ix.remove(v);
+        if let Err(e) = disk.db.apply(&db_batch, true) {
+            let e = CacheError::from(e);
+            for (p, r) in batch.iter().zip(results.iter_mut()) {
+                if matches!(r, Ok(true)) {
+                    drop_download(p);
+                    *r = Err(CacheError::Internal(e.to_string()));
+                }
             }
+            return results;
         }
-        add(&self.stats.evictions, victims.len() as u64);
-        let batch = Batch {
-            removes: victims,
-            upserts: vec![(k, row, (seq, entry.last_access_ms, entry.hits))],
-            ..Batch::default()
-        };
-        if let Err(e) = disk.db.apply(&batch, true) {
-            let _ = std::fs::remove_file(tmp_path);
-            return Err(e.into());
+        for (p, r) in batch.iter().zip(results.iter_mut()) {
+            if !matches!(r, Ok(true)) {
+                continue;
+            }
+            let f = &p.fill;
+            let dest = disk.layout.entry_path(&f.key);
+            if let Err(source) = std::fs::rename(&f.tmp_path, &dest) {
+                let _ = disk.db.apply(
+                    &Batch {
+                        removes: vec![f.key],
+                        ..Batch::default()
+                    },
+                    true,
+                );
+                drop_download(p);
+                *r = Err(CacheError::Io { path: dest, source });
+                continue;
+            }
+            // Only now may an open find it: the file is in place.
+            let entry = Entry {
+                etag: f.etag.clone(),
+                size: f.size,
+                created_ms: now,
+                last_access_ms: now,
+                seq: 0,
+                hits: 0,
+                crc32: p.crc32,
+                verified: true,
+            };
+            {
+                let mut ix = disk.index.lock();
+                ix.unreserve(f.size);
+                ix.insert(f.key, entry);
+            }
+            disk.dirty.lock().insert(f.key);
         }
-        let dest = disk.layout.entry_path(&k);
-        if let Err(source) = std::fs::rename(tmp_path, &dest) {
-            let _ = disk.db.apply(
-                &Batch {
-                    removes: vec![k],
-                    ..Batch::default()
-                },
-                true,
-            );
-            let _ = std::fs::remove_file(tmp_path);
-            return Err(CacheError::Io { path: dest, source });
-        }
-        // Only now may an open find it: the file is in place.
-        disk.index.lock().insert(k, entry);
-        disk.dirty.lock().insert(k);
-        Ok(())
+        results
     }
 
     /// Forgets entries and deletes their files (files first: see the module comment).
@@ -1175,6 +1286,7 @@ impl Inner {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
+        self.commit_pending();
         self.flush_touches(true)?;
         disk.db.set_meta("clean", 1)?;
         Ok(())
@@ -1186,6 +1298,16 @@ impl Drop for Inner {
         if let Err(e) = self.close() {
             warn!(error = %e, "closing the cache index");
         }
+    }
+}
+
+async fn commit_loop(inner: Weak<Inner>, due: Arc<tokio::sync::Notify>) {
+    loop {
+        due.notified().await;
+        tokio::time::sleep(COMMIT_DELAY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        // An fsync: off the runtime's worker threads.
+        let _ = tokio::task::spawn_blocking(move || inner.commit_pending()).await;
     }
 }
 
