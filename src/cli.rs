@@ -399,7 +399,7 @@ pub struct MountArgs {
         help_heading = "Cache"
     )]
     pub part_size_mb: Option<String>,
-    /// Ranged GETs running at once per object being filled [default: 4]
+    /// Ranged GETs running at once per object being filled [default: 8]
     #[arg(
         long,
         env = "S3CACHEFS_FILL_CONCURRENCY",

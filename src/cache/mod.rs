@@ -76,7 +76,7 @@ pub struct CacheConfig {
 
 impl CacheConfig {
     pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
-    pub const DEFAULT_FILL_CONCURRENCY: usize = 4;
+    pub const DEFAULT_FILL_CONCURRENCY: usize = 8;
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
