@@ -15,7 +15,7 @@ use crate::admin::warm::WarmSettings;
 use crate::cache::CacheConfig;
 use crate::config::{
     self, Config, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SIZE_MB, DEFAULT_METADATA_TTL_SECS,
-    DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
+    DEFAULT_READAHEAD_FILES, DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
 };
 use crate::store::S3Options;
 
@@ -415,6 +415,15 @@ pub struct MountArgs {
         help_heading = "Cache"
     )]
     pub read_timeout: Option<String>,
+    /// Files of a directory fetched ahead once it is read in order; 0 turns it off
+    /// [default: 8]
+    #[arg(
+        long,
+        env = "S3CACHEFS_READAHEAD_FILES",
+        value_name = "N",
+        help_heading = "Cache"
+    )]
+    pub readahead_files: Option<String>,
     /// How long a listing or HEAD result is trusted, in seconds [default: 60]
     #[arg(
         long,
@@ -623,6 +632,20 @@ impl MountArgs {
             )? as usize,
             None => 4,
         };
+        let readahead_files = match &self.readahead_files {
+            Some(v) => config::parse_u64_in(
+                &o(
+                    "readahead_files",
+                    "readahead-files",
+                    "S3CACHEFS_READAHEAD_FILES",
+                ),
+                v,
+                0,
+                64,
+                "files",
+            )? as usize,
+            None => DEFAULT_READAHEAD_FILES,
+        };
         let passthrough = match &self.passthrough {
             Some(v) => {
                 config::parse_bool(&o("passthrough", "passthrough", "S3CACHEFS_PASSTHROUGH"), v)?
@@ -652,6 +675,7 @@ impl MountArgs {
                 file_mode,
                 dir_mode,
                 fuse_threads,
+                readahead_files,
                 passthrough,
                 log_file: self.log_file.as_deref().map(config::absolute),
             },

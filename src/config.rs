@@ -12,6 +12,8 @@ pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
 pub const DEFAULT_MAX_ENTRIES: u64 = 200;
 pub const DEFAULT_TTL_HOURS: f64 = 24.0;
 pub const DEFAULT_METADATA_TTL_SECS: f64 = 60.0;
+/// Files of a directory fetched ahead of a reader going through it in order.
+pub const DEFAULT_READAHEAD_FILES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -48,6 +50,8 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub fuse_threads: usize,
+    /// Files fetched ahead in a directory read in order (0: off).
+    pub readahead_files: usize,
     /// Use FUSE passthrough for complete cache files when the kernel allows it.
     pub passthrough: bool,
     pub log_file: Option<PathBuf>,

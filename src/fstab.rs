@@ -58,6 +58,7 @@ const OPTIONS: &[(&str, Arg, &str)] = &[
     ("file_mode", Arg::Value, "--file-mode"),
     ("dir_mode", Arg::Value, "--dir-mode"),
     ("fuse_threads", Arg::Value, "--fuse-threads"),
+    ("readahead_files", Arg::Value, "--readahead-files"),
     ("log_file", Arg::Value, "--log-file"),
     ("verbose", Arg::Flag, "-v"),
 ];

@@ -260,6 +260,8 @@ async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
             gid: cfg.mount.gid,
             file_mode: cfg.mount.file_mode,
             dir_mode: cfg.mount.dir_mode,
+            readahead_files: cfg.mount.readahead_files,
+            readahead_max_size: cfg.cache.part_size,
         },
         cache.clone(),
     );

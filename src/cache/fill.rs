@@ -73,6 +73,9 @@ pub(crate) struct Fill {
     pub size: u64,
     pub file: Arc<File>,
     pub tmp_path: PathBuf,
+    /// Started by directory read-ahead: its version was learned by its own first GET,
+    /// moments before the open that joins it.
+    pub ahead_of_use: bool,
     part_size: u64,
     state: Mutex<State>,
     progress: watch::Sender<u64>,
@@ -104,6 +107,7 @@ impl Fill {
             size,
             file: Arc::new(file),
             tmp_path,
+            ahead_of_use: false,
             part_size,
             state: Mutex::new(State {
                 landed: RangeSet::default(),
@@ -344,6 +348,14 @@ impl Fill {
         Ok(())
     }
 
+    /// A sequential worker: fetches the lowest pending part until none is left.
+    async fn sequential_parts(self: &Arc<Self>) {
+        while let Some(i) = self.next_pending() {
+            let from = self.part_range(i).start;
+            self.run_part(i, None, from).await;
+        }
+    }
+
     /// Returns once the first bytes of the object have landed, the fill has ended, or
     /// [`FIRST_BYTES_WAIT`] has passed.
     async fn first_bytes_landed(&self) {
@@ -376,10 +388,12 @@ impl Fill {
         let mut tasks = Vec::new();
         if let Some(body) = first.take() {
             // Part 0 is already on its way (`mark_first_in_flight`).
+            // Its worker goes on with the next parts like the others.
             let me = self.clone();
-            tasks.push(tokio::spawn(
-                async move { me.run_part(0, Some(body), 0).await },
-            ));
+            tasks.push(tokio::spawn(async move {
+                me.run_part(0, Some(body), 0).await;
+                me.sequential_parts().await;
+            }));
             // Someone is waiting for the first bytes: let them land before more
             // connections and the checksum thread compete for the CPU.
             self.first_bytes_landed().await;
@@ -388,15 +402,10 @@ impl Fill {
             let me = self.clone();
             tokio::task::spawn_blocking(move || me.checksum_pass())
         };
-        let extra = usize::from(!tasks.is_empty());
-        for _ in extra..workers.max(1) {
+        let started = tasks.len();
+        for _ in started..workers.max(1) {
             let me = self.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(i) = me.next_pending() {
-                    let from = me.part_range(i).start;
-                    me.run_part(i, None, from).await;
-                }
-            }));
+            tasks.push(tokio::spawn(async move { me.sequential_parts().await }));
         }
         for t in tasks {
             let _ = t.await;

@@ -94,6 +94,9 @@ pub enum CacheError {
     Io { path: PathBuf, source: io::Error },
     #[error("download of {url} failed verification: {why}")]
     Verify { url: String, why: String },
+    /// A download ahead of use found no room without evicting.
+    #[error("no room for {0} bytes without evicting")]
+    NoRoom(u64),
     #[error("{0}")]
     Internal(String),
 }
@@ -437,17 +440,24 @@ impl Cache {
                 return Ok(h);
             }
             let joining = self
-                .fill_or_join(k, bucket, key, fresh.clone(), stale.take())
+                .fill_or_join(k, bucket, key, fresh.clone(), stale.take(), true)
                 .await;
             let (fill, joined) = match joining {
                 Ok(Some(f)) => f,
                 Ok(None) => continue,
+                // Joined a download ahead of use that found no room: this open may evict.
+                Err(CacheError::NoRoom(_)) => continue,
                 Err(e) => return self.cannot_fill(bucket, key, fresh, &e).await,
             };
             // A download started by someone else may be of a version replaced since.
             if joined && (inner.cfg.validate_etag || fresh.is_some()) {
                 let current = match fresh.clone() {
                     Some(m) => m,
+                    // A download ahead of use learned its version moments ago.
+                    None if fill.ahead_of_use => ObjectMeta {
+                        etag: Some(fill.etag.clone()),
+                        ..ObjectMeta::default()
+                    },
                     None => {
                         bump(&inner.stats.etag_validations);
                         match inner.store.head(bucket, key).await {
@@ -488,6 +498,50 @@ impl Cache {
         Err(CacheError::Internal(
             "cache entry kept changing while opening".into(),
         ))
+    }
+
+    /// Starts downloading an object into the cache ahead of use, unless it is cached or
+    /// on its way already, or there is no room for it without evicting anything (a guess
+    /// must not push out what was used). `size` is what the listing said. Returns the
+    /// version and size when a download started; its opens will join it.
+    pub async fn prefetch(
+        &self,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        known: Option<ObjectMeta>,
+    ) -> Result<Option<(String, u64)>, CacheError> {
+        let inner = &self.inner;
+        let Some(disk) = &inner.disk else {
+            return Ok(None);
+        };
+        let k = CacheKey::new(bucket, key, &inner.cfg.profile);
+        if disk.flights.lock().contains_key(&k) {
+            return Ok(None);
+        }
+        {
+            let ix = disk.index.lock();
+            if ix.contains(&k) || !ix.victims_for(&k, size).is_ok_and(|v| v.is_empty()) {
+                return Ok(None);
+            }
+        }
+        match self
+            .fill_or_join(
+                k,
+                bucket,
+                key,
+                known.filter(|m| m.etag.is_some()),
+                None,
+                false,
+            )
+            .await?
+        {
+            Some((fill, false)) => {
+                bump(&inner.stats.prefetches);
+                Ok(Some((fill.etag.clone(), fill.size)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The hit path: a valid cached copy, or `None` (after dropping what was unusable).
@@ -633,6 +687,7 @@ impl Cache {
         key: &str,
         meta: Option<ObjectMeta>,
         supersede: Option<Arc<Fill>>,
+        may_evict: bool,
     ) -> Result<Option<(Arc<Fill>, bool)>, CacheError> {
         let Some(disk) = &self.inner.disk else {
             return Err(CacheError::Internal("cache is off".into()));
@@ -657,7 +712,9 @@ impl Cache {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // A task of its own, so a caller that gives up does not cancel the others.
                 let task = tokio::spawn(async move {
-                    let started = inner.start_fill(id, k, &bucket, &key, meta).await;
+                    let started = inner
+                        .start_fill(id, k, &bucket, &key, meta, may_evict)
+                        .await;
                     if started.is_err()
                         && let Some(d) = &inner.disk
                     {
@@ -686,6 +743,7 @@ impl Cache {
             Err(e) => Err(match &*e {
                 CacheError::Store(se) => CacheError::Store(se.clone()),
                 CacheError::TooLarge(t) => CacheError::TooLarge(t.clone()),
+                CacheError::NoRoom(n) => CacheError::NoRoom(*n),
                 other => CacheError::Internal(other.to_string()),
             }),
         }
@@ -835,6 +893,7 @@ impl Inner {
         bucket: &str,
         key: &str,
         known: Option<ObjectMeta>,
+        may_evict: bool,
     ) -> Result<Arc<Fill>, CacheError> {
         let disk = self.disk()?;
         let part = self.cfg.part_size.max(64 * 1024);
@@ -863,7 +922,7 @@ impl Inner {
                 }
             }
         };
-        self.reserve_room(disk, &k, size)?;
+        self.reserve_room(disk, &k, size, may_evict)?;
         let (tmp_path, tmp) = match disk.layout.create_temp(&k) {
             Ok(t) => t,
             Err(e) => {
@@ -879,7 +938,7 @@ impl Inner {
                 source,
             });
         }
-        let fill = Arc::new(Fill::new(
+        let mut fill = Fill::new(
             flight,
             k,
             bucket,
@@ -894,7 +953,9 @@ impl Inner {
                 stats: self.stats.clone(),
                 read_timeout: self.cfg.read_timeout,
             },
-        ));
+        );
+        fill.ahead_of_use = !may_evict;
+        let fill = Arc::new(fill);
         if body.is_some() {
             fill.mark_first_in_flight();
         }
@@ -912,13 +973,22 @@ impl Inner {
     /// Holds room for a download of `size` bytes, evicting what must go. When nothing
     /// must, only the index lock is taken: a commit holding the write lock through its
     /// fsync does not delay the next download.
-    fn reserve_room(&self, disk: &Disk, k: &CacheKey, size: u64) -> Result<(), CacheError> {
+    fn reserve_room(
+        &self,
+        disk: &Disk,
+        k: &CacheKey,
+        size: u64,
+        may_evict: bool,
+    ) -> Result<(), CacheError> {
         {
             let mut ix = disk.index.lock();
             if ix.victims_for(k, size)?.is_empty() {
                 ix.reserve(size);
                 return Ok(());
             }
+        }
+        if !may_evict {
+            return Err(CacheError::NoRoom(size));
         }
         let _w = disk.write_lock.lock();
         loop {

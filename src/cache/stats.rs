@@ -26,6 +26,8 @@ pub struct Stats {
     pub passthrough_opens: AtomicU64,
     /// Read requests s3cachefs answered itself.
     pub read_requests: AtomicU64,
+    /// Downloads started ahead of use (directory read-ahead).
+    pub prefetches: AtomicU64,
     started: Instant,
 }
 
@@ -46,6 +48,7 @@ impl Default for Stats {
             errors: AtomicU64::new(0),
             passthrough_opens: AtomicU64::new(0),
             read_requests: AtomicU64::new(0),
+            prefetches: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -82,6 +85,9 @@ pub struct StatsSnapshot {
     pub errors: u64,
     pub passthrough_opens: u64,
     pub read_requests: u64,
+    /// Absent from documents of older versions.
+    #[serde(default)]
+    pub prefetches: u64,
     pub uptime_seconds: u64,
 }
 
@@ -123,6 +129,7 @@ impl Stats {
             errors: get(&self.errors),
             passthrough_opens: get(&self.passthrough_opens),
             read_requests: get(&self.read_requests),
+            prefetches: get(&self.prefetches),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

@@ -9,6 +9,7 @@
 
 mod error;
 mod inode;
+mod readahead;
 
 pub use error::FsError;
 pub use inode::{Attr, Kind};
@@ -39,6 +40,10 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// Files fetched ahead in a directory read in order (0: off).
+    pub readahead_files: usize,
+    /// Only objects up to this size are fetched ahead.
+    pub readahead_max_size: u64,
 }
 
 /// What `open` tells the kernel besides the handle.
@@ -72,6 +77,7 @@ pub struct S3Fs {
     inodes: Mutex<InodeTable>,
     files: Mutex<HashMap<u64, OpenFile>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    readahead: Mutex<readahead::DirReadahead>,
     next_fh: AtomicU64,
     /// Keys already warned about, so each odd key is reported once.
     warned: Mutex<HashSet<String>>,
@@ -81,6 +87,7 @@ impl S3Fs {
     pub fn new(cfg: FsConfig, cache: Cache) -> S3Fs {
         S3Fs {
             inodes: Mutex::new(InodeTable::new(&cfg.source)),
+            readahead: Mutex::new(readahead::DirReadahead::new(cfg.readahead_files)),
             cfg,
             cache,
             files: Mutex::new(HashMap::new()),
@@ -353,7 +360,12 @@ impl S3Fs {
     }
 
     /// `write` is true for any open that asks to write or truncate.
-    pub async fn open(&self, ino: u64, write: bool, direct: bool) -> Result<Opened, FsError> {
+    pub async fn open(
+        self: &Arc<Self>,
+        ino: u64,
+        write: bool,
+        direct: bool,
+    ) -> Result<Opened, FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -416,7 +428,74 @@ impl S3Fs {
             cache_file: handle.file().cloned(),
         };
         self.files.lock().insert(fh, OpenFile::Object(handle));
+        if !direct {
+            self.read_ahead_after(ino);
+        }
         Ok(opened)
+    }
+
+    /// Directory read-ahead (see `readahead.rs`): starts downloads of the small files
+    /// that follow `ino` in its directory when the opens there go in listing order.
+    fn read_ahead_after(self: &Arc<Self>, ino: u64) {
+        if self.cfg.readahead_files == 0 {
+            return;
+        }
+        let picks: Vec<(u64, String, String, ObjectMeta)> = {
+            let inodes = self.inodes.lock();
+            let Some(parent) = inodes.get(ino).map(|n| n.parent) else {
+                return;
+            };
+            let Some(Node {
+                data:
+                    NodeData::Dir {
+                        children: Some((_, entries)),
+                        ..
+                    },
+                ..
+            }) = inodes.get(parent)
+            else {
+                return;
+            };
+            let Some(pos) = entries.iter().position(|e| e.ino == ino) else {
+                return;
+            };
+            let ahead = self.readahead.lock().opened(parent, pos, entries.len());
+            entries[ahead]
+                .iter()
+                .filter_map(|e| match inodes.get(e.ino).map(|n| &n.data) {
+                    Some(NodeData::File {
+                        bucket,
+                        key,
+                        meta,
+                        learned,
+                        ..
+                    }) if meta.size <= self.cfg.readahead_max_size => {
+                        let mut m = meta.clone();
+                        if !self.fresh(*learned) {
+                            m.etag = None;
+                        }
+                        Some((e.ino, bucket.clone(), key.clone(), m))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for (ino, bucket, key, meta) in picks {
+            let fs = self.clone();
+            tokio::spawn(async move {
+                match fs
+                    .cache
+                    .prefetch(&bucket, &key, meta.size, Some(meta))
+                    .await
+                {
+                    Ok(Some((etag, size))) => fs.inodes.lock().note_version(ino, &etag, size),
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(url = %crate::cache::s3_url(&bucket, &key), error = %e, "read-ahead skipped")
+                    }
+                }
+            });
+        }
     }
 
     /// Serves a read from a cache file or the stats snapshot without leaving the calling
@@ -513,6 +592,8 @@ mod tests {
                 gid: 0,
                 file_mode: 0o444,
                 dir_mode: 0o555,
+                readahead_files: 0,
+                readahead_max_size: 0,
             },
             cache,
         )
@@ -534,7 +615,7 @@ mod tests {
         ] {
             store.put("bkt", k, k.to_string());
         }
-        let fs = fs_over(store);
+        let fs = Arc::new(fs_over(store));
         let odd = fs.lookup(ROOT_INO, "odd").await.expect("odd");
         assert_eq!(odd.kind, Kind::Dir);
         let fh = fs.opendir(odd.ino).await.expect("opendir");

@@ -513,6 +513,14 @@ fn stat_u64(m: &Mount, field: &str) -> u64 {
     m.stats()[field].as_u64().unwrap_or(0)
 }
 
+fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_settled(m: &Mount) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while stat_u64(m, "downloads_in_flight") > 0 {
@@ -734,6 +742,70 @@ fn the_root_is_listed_at_mount_and_ls_l_gets_sizes_with_the_names() {
         );
     }
     assert_eq!(std::fs::read(m.p("b")).expect("read"), pattern(2, 5000));
+}
+
+#[test]
+fn files_read_in_order_are_fetched_ahead_only_with_room_and_when_on() {
+    let env = Env::new();
+    for i in 0..20 {
+        env.server
+            .put("bkt", &format!("d/f{i:02}"), pattern(i as u64, 3000 + i));
+    }
+    let gets_of = |i: usize| env.server.counters.gets_of("bkt", &format!("d/f{i:02}"));
+    let read = |m: &Mount, i: usize| {
+        let got = std::fs::read(m.p(&format!("bkt/d/f{i:02}"))).expect("read");
+        assert!(got == pattern(i as u64, 3000 + i), "f{i:02}");
+    };
+    {
+        let m = Mount::start(&env, &[]);
+        read(&m, 0);
+        assert_eq!(gets_of(2), 0, "one open is no pattern");
+        read(&m, 1);
+        wait_until(|| gets_of(9) == 1, "f09 fetched ahead");
+        wait_settled(&m);
+        for i in 2..10 {
+            assert_eq!(gets_of(i), 1, "f{i:02} fetched ahead");
+        }
+        assert_eq!(gets_of(10), 0, "8 ahead, not more");
+        assert_eq!(stat_u64(&m, "prefetches"), 8);
+        for i in 2..20 {
+            read(&m, i);
+        }
+        wait_settled(&m);
+        for i in 0..20 {
+            assert_eq!(gets_of(i), 1, "f{i:02}: one GET, ahead or not");
+        }
+        drop(m);
+    }
+    env.server.counters.reset();
+    std::fs::remove_dir_all(env.cache_dir()).expect("clear the cache");
+    {
+        // Room for three entries: fetching ahead would evict, so it does not happen.
+        let m = Mount::start(&env, &["--cache-max-entries", "3"]);
+        read(&m, 0);
+        read(&m, 1);
+        wait_until(|| gets_of(2) == 1, "f02 fetched ahead");
+        std::thread::sleep(Duration::from_millis(300));
+        wait_settled(&m);
+        assert_eq!(stat_u64(&m, "evictions"), 0, "a guess never evicts");
+        assert_eq!(
+            stat_u64(&m, "entry_count"),
+            3,
+            "f00, f01 and one fetched ahead"
+        );
+        drop(m);
+    }
+    env.server.counters.reset();
+    std::fs::remove_dir_all(env.cache_dir()).expect("clear the cache");
+    {
+        let m = Mount::start(&env, &["--readahead-files", "0"]);
+        read(&m, 0);
+        read(&m, 1);
+        std::thread::sleep(Duration::from_millis(300));
+        wait_settled(&m);
+        assert_eq!(gets_of(2), 0, "off");
+        assert_eq!(stat_u64(&m, "prefetches"), 0);
+    }
 }
 
 #[test]
