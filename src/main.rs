@@ -69,8 +69,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Unmount(a) => {
-            match admin(async { Ok(s3cachefs::admin::unmount::run(&a.mountpoint).await?) }) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut lingering = None;
+            let done = admin(async {
+                lingering = s3cachefs::admin::unmount::run(&a.mountpoint).await?;
+                Ok(())
+            });
+            match done {
+                Ok(()) => {
+                    if let Some(pid) = lingering {
+                        eprintln!(
+                            "s3cachefs: {} is unmounted, but its process {pid} is still \
+                             closing the cache; a new mount on that cache directory fails until \
+                             it exits",
+                            a.mountpoint.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("s3cachefs: unmounting {}: {e:#}", a.mountpoint.display());
                     ExitCode::FAILURE

@@ -10,21 +10,47 @@ use super::{AdminError, locate};
 
 /// Longest the command waits for the mount's process after the unmount itself.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+/// Longest the command looks for that process before unmounting without it.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn run(mountpoint: &Path) -> Result<(), AdminError> {
-    let pid = match locate::mount_root(mountpoint) {
-        Ok(root) => locate::connect_mount(&root).await.ok().map(|(_, s)| s.pid),
-        Err(_) => None,
-    };
+/// Unmounts; `Some(pid)` when the process that served the mount is still running after
+/// [`EXIT_WAIT`].
+pub async fn run(mountpoint: &Path) -> Result<Option<u32>, AdminError> {
+    let pid = serving_pid(mountpoint);
     // The caller names the mountpoint in the message already.
     crate::fuse::unmount_path(mountpoint).map_err(|e| AdminError::Other(e.to_string()))?;
     if let Some(pid) = pid {
         let deadline = Instant::now() + EXIT_WAIT;
-        while alive(pid) && Instant::now() < deadline {
+        while alive(pid) {
+            if Instant::now() >= deadline {
+                return Ok(Some(pid));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The pid of the process serving `mountpoint`, asked over its control socket. Finding
+/// the socket goes through the mount itself, which may be stuck (that is when people
+/// unmount): so on a thread of its own, given up after [`LOOKUP_WAIT`].
+fn serving_pid(mountpoint: &Path) -> Option<u32> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let pid = rt.ok().and_then(|rt| {
+            rt.block_on(async {
+                let root = locate::mount_root(&path).ok()?;
+                let connected = tokio::time::timeout(LOOKUP_WAIT, locate::connect_mount(&root));
+                connected.await.ok()?.ok().map(|(_, s)| s.pid)
+            })
+        });
+        let _ = tx.send(pid);
+    });
+    rx.recv_timeout(LOOKUP_WAIT).ok().flatten()
 }
 
 /// Running and not a zombie.

@@ -542,3 +542,22 @@ async fn a_fill_never_mixes_two_versions() {
     let h2 = cache.open_object("bkt", "obj", None).await.expect("open");
     assert!(read_all(&h2).await == v2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ranged_get_at_a_time_still_completes_a_many_part_fill() {
+    let env = Env::new();
+    let data = pattern(90, (1 << 20) + 12_345);
+    env.server.put("bkt", "obj", data.clone());
+    let mut cfg = env.cache_config();
+    cfg.part_size = 256 << 10;
+    cfg.fill_concurrency = 1;
+    let cache = env.cache(cfg).await;
+    // Only the first bytes are read: the rest must come from the fill's own worker.
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert_eq!(&h.read(0, 100).await.expect("read")[..], &data[..100]);
+    tokio::time::timeout(Duration::from_secs(20), cache.wait_for_downloads())
+        .await
+        .expect("the fill finished");
+    assert!(cache.contains("bkt", "obj"));
+    cache.close().expect("close");
+}
