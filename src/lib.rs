@@ -10,7 +10,7 @@
 //! - [`config`]: the validated settings and their defaults (one place).
 //! - [`fstab`]: `/etc/fstab` lines: a mount.fuse3 call turned into `s3cachefs mount` flags.
 //! - [`admin`]: the operating commands `stats`, `clear` and `warm`, on a live mount or on an
-//!   unmounted cache directory.
+//!   unmounted cache directory, and `unmount`, which waits for the mount's process.
 //! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
 //!   control socket, periodic summaries in the log).
 //! - [`control`]: a running mount's control socket (`<cache dir>/control.sock`): the
@@ -20,9 +20,10 @@
 //!   object opened through the cache.
 //! - [`fuse`]: the only module that sees `fuser`: kernel requests to [`fs`] calls.
 //! - [`fs`]: filesystem logic with no FUSE types: inodes, listings, open handles,
-//!   `.cache-stats`, errno mapping.
+//!   directory read-ahead, `.cache-stats`, errno mapping.
 //! - [`cache`]: the read-through cache: keys, the sharded store on disk, the persistent
-//!   LRU index (redb), limits, TTL, downloads and the `.cache-stats` counters;
+//!   LRU index (redb, committed in groups), limits, TTL, downloads and the
+//!   `.cache-stats` counters;
 //!   [`cache::inspect`] reads an unmounted cache directory.
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
 //!   module that sees the AWS SDK.
