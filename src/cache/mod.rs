@@ -181,7 +181,17 @@ impl ObjectHandle {
                 }
                 r
             }
-            Source::Filling(fill) => fill.try_read(offset, len)?,
+            Source::Filling(fill) => {
+                let r = fill.try_read(offset, len)?;
+                // A hit on a download not yet committed: these bytes came from S3 once,
+                // for the open that started it, not for this one.
+                if self.outcome == Outcome::Hit
+                    && let Ok(b) = &r
+                {
+                    add(&self.inner.stats.bytes_from_cache, b.len() as u64);
+                }
+                r
+            }
             Source::Direct(_) => return None,
         };
         Some(r.map_err(|source| {

@@ -561,3 +561,21 @@ async fn one_ranged_get_at_a_time_still_completes_a_many_part_fill() {
     assert!(cache.contains("bkt", "obj"));
     cache.close().expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_counts_its_bytes_as_from_the_cache_even_before_the_commit() {
+    let env = Env::new();
+    let data = pattern(91, 300_000);
+    env.server.put("bkt", "obj", data.clone());
+    let cache = env.cache(env.cache_config()).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert!(read_all(&h).await == data);
+    // At once: the download is usually still waiting for its group commit.
+    let again = cache.open_object("bkt", "obj", None).await.expect("open");
+    assert_eq!(again.outcome, Outcome::Hit);
+    assert!(read_all(&again).await == data);
+    let s = cache.stats();
+    assert_eq!(s.bytes_from_cache, data.len() as u64, "{s:?}");
+    assert_eq!(s.bytes_from_s3, data.len() as u64, "{s:?}");
+    cache.close().expect("close");
+}
