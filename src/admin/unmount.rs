@@ -3,7 +3,7 @@
 //! `stats`) at once. Like `umount`, it does not wait when that process cannot be found
 //! (another user's mount, or the cache off).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{AdminError, locate};
@@ -31,19 +31,19 @@ pub async fn run(mountpoint: &Path) -> Result<Option<u32>, AdminError> {
     Ok(None)
 }
 
-/// The pid of the process serving `mountpoint`, asked over its control socket. Finding
-/// the socket goes through the mount itself, which may be stuck (that is when people
-/// unmount): so on a thread of its own, given up after [`LOOKUP_WAIT`].
+/// The pid of the process serving `mountpoint`, asked over its control socket (which
+/// lives in the cache directory). Nothing here enters the mount: a mount whose process is
+/// stuck is when people unmount, and a call hanging inside it would keep it busy. The
+/// socket may not answer either, so the question gets [`LOOKUP_WAIT`].
 fn serving_pid(mountpoint: &Path) -> Option<u32> {
+    let root = outside_path(mountpoint)?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let path = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
         let pid = rt.ok().and_then(|rt| {
             rt.block_on(async {
-                let root = locate::mount_root(&path).ok()?;
                 let connected = tokio::time::timeout(LOOKUP_WAIT, locate::connect_mount(&root));
                 connected.await.ok()?.ok().map(|(_, s)| s.pid)
             })
@@ -51,6 +51,14 @@ fn serving_pid(mountpoint: &Path) -> Option<u32> {
         let _ = tx.send(pid);
     });
     rx.recv_timeout(LOOKUP_WAIT).ok().flatten()
+}
+
+/// The canonical path of `mountpoint` from its parent's, without looking inside it.
+fn outside_path(mountpoint: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(mountpoint).ok()?;
+    let name = abs.file_name()?;
+    let parent = std::fs::canonicalize(abs.parent()?).ok()?;
+    Some(parent.join(name))
 }
 
 /// Running and not a zombie.

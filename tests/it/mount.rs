@@ -101,6 +101,10 @@ impl Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -806,6 +810,48 @@ fn files_read_in_order_are_fetched_ahead_only_with_room_and_when_on() {
         assert_eq!(gets_of(2), 0, "off");
         assert_eq!(stat_u64(&m, "prefetches"), 0);
     }
+}
+
+#[test]
+fn unmount_waits_for_the_process_and_still_works_when_it_is_stuck() {
+    let env = Env::new();
+    env.server.put("bkt", "obj", pattern(5, 1000));
+    let mut m = Mount::start(&env, &[]);
+    assert_eq!(
+        std::fs::read(m.p("bkt/obj")).expect("read"),
+        pattern(5, 1000)
+    );
+    // A stopped process answers nothing: unmount must neither hang nor find the mount busy.
+    let pid = m.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let st = bin().arg("unmount").arg(&m.path).status().expect("unmount");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(st.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!is_mounted(&m.path));
+    let _ = m.stop();
+    // A live one: unmount returns once the process has closed the cache, so the cache
+    // directory can be mounted again at once.
+    let m = Mount::start(&env, &[]);
+    assert_eq!(
+        std::fs::read(m.p("bkt/obj")).expect("read"),
+        pattern(5, 1000)
+    );
+    let st = bin().arg("unmount").arg(&m.path).status().expect("unmount");
+    assert!(st.success());
+    let gone = std::fs::read_to_string(format!("/proc/{}/stat", m.pid())).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    });
+    assert!(gone, "the process has exited");
+    drop(m);
+    let again = Mount::start(&env, &[]);
+    assert_eq!(
+        stat_u64(&again, "entry_count"),
+        1,
+        "the entry was committed"
+    );
 }
 
 #[test]
