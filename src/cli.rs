@@ -73,6 +73,49 @@ impl CacheDirArg {
     }
 }
 
+/// Where S3 is and how to reach it: the same flags for `mount` and for `warm`.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// AWS profile from ~/.aws/config; also part of the cache key
+    #[arg(long, env = "AWS_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
+    /// AWS region (default: from the profile, else us-east-1)
+    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as http://host/bucket (most S3-compatible servers need this)
+    #[arg(long, env = "S3CACHEFS_FORCE_PATH_STYLE")]
+    pub force_path_style: bool,
+    /// Attempts per S3 request, with capped exponential backoff and jitter [default: 5]
+    #[arg(long, env = "S3CACHEFS_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<String>,
+}
+
+impl S3Args {
+    pub fn to_s3_options(&self, m: &ArgMatches) -> Result<S3Options, ConfigError> {
+        let max_attempts = match &self.max_attempts {
+            Some(v) => config::parse_u64_in(
+                &origin(m, "max_attempts", "max-attempts", "S3CACHEFS_MAX_ATTEMPTS"),
+                v,
+                1,
+                20,
+                "attempts",
+            )? as u32,
+            None => 5,
+        };
+        Ok(S3Options {
+            profile: self.profile.clone().filter(|p| !p.is_empty()),
+            region: self.region.clone().filter(|r| !r.is_empty()),
+            endpoint_url: self.endpoint_url.clone().filter(|u| !u.is_empty()),
+            force_path_style: self.force_path_style,
+            max_attempts,
+            ..S3Options::default()
+        })
+    }
+}
+
 /// The limits a cache is compared with when no mount says what they are.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
@@ -197,45 +240,8 @@ pub struct WarmArgs {
     #[arg(long, env = "CACHE_TTL_HOURS", value_name = "HOURS")]
     pub cache_ttl_hours: Option<String>,
 
-    /// AWS profile (for s3:// when no mount has the cache); also part of the cache key
-    #[arg(
-        long,
-        env = "AWS_PROFILE",
-        value_name = "NAME",
-        help_heading = "S3 connection (s3:// with no mount)"
-    )]
-    pub profile: Option<String>,
-    /// AWS region (default: from the profile, else us-east-1)
-    #[arg(
-        long,
-        env = "AWS_REGION",
-        value_name = "REGION",
-        help_heading = "S3 connection (s3:// with no mount)"
-    )]
-    pub region: Option<String>,
-    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000
-    #[arg(
-        long,
-        env = "AWS_ENDPOINT_URL",
-        value_name = "URL",
-        help_heading = "S3 connection (s3:// with no mount)"
-    )]
-    pub endpoint_url: Option<String>,
-    /// Address buckets as http://host/bucket (most S3-compatible servers need this)
-    #[arg(
-        long,
-        env = "S3CACHEFS_FORCE_PATH_STYLE",
-        help_heading = "S3 connection (s3:// with no mount)"
-    )]
-    pub force_path_style: bool,
-    /// Attempts per S3 request [default: 5]
-    #[arg(
-        long,
-        env = "S3CACHEFS_MAX_ATTEMPTS",
-        value_name = "N",
-        help_heading = "S3 connection (s3:// with no mount)"
-    )]
-    pub max_attempts: Option<String>,
+    #[command(flatten, next_help_heading = "S3 connection (s3:// with no mount)")]
+    pub s3: S3Args,
 }
 
 impl WarmArgs {
@@ -257,32 +263,15 @@ impl WarmArgs {
             )?,
             None => DEFAULT_TTL_HOURS,
         };
-        let max_attempts = match &self.max_attempts {
-            Some(v) => config::parse_u64_in(
-                &origin(m, "max_attempts", "max-attempts", "S3CACHEFS_MAX_ATTEMPTS"),
-                v,
-                1,
-                20,
-                "attempts",
-            )? as u32,
-            None => 5,
-        };
-        let profile = self.profile.clone().filter(|p| !p.is_empty());
+        let s3 = self.s3.to_s3_options(m)?;
         Ok(WarmSettings {
             targets: self.paths.clone(),
             jobs,
             cache_dir: self.cache_dir.resolve()?,
             limits: self.limits.to_limits(m)?,
             ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
-            s3: S3Options {
-                profile: profile.clone(),
-                region: self.region.clone().filter(|r| !r.is_empty()),
-                endpoint_url: self.endpoint_url.clone().filter(|u| !u.is_empty()),
-                force_path_style: self.force_path_style,
-                max_attempts,
-                ..S3Options::default()
-            },
-            profile: profile.unwrap_or_else(|| "default".into()),
+            profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
+            s3,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
     }
@@ -302,45 +291,8 @@ pub struct MountArgs {
     )]
     pub bucket: Option<String>,
 
-    /// AWS profile from ~/.aws/config; also part of the cache key
-    #[arg(
-        long,
-        env = "AWS_PROFILE",
-        value_name = "NAME",
-        help_heading = "S3 connection"
-    )]
-    pub profile: Option<String>,
-    /// AWS region (default: from the profile, else us-east-1)
-    #[arg(
-        long,
-        env = "AWS_REGION",
-        value_name = "REGION",
-        help_heading = "S3 connection"
-    )]
-    pub region: Option<String>,
-    /// Endpoint of an S3-compatible server, e.g. http://127.0.0.1:9000
-    #[arg(
-        long,
-        env = "AWS_ENDPOINT_URL",
-        value_name = "URL",
-        help_heading = "S3 connection"
-    )]
-    pub endpoint_url: Option<String>,
-    /// Address buckets as http://host/bucket (most S3-compatible servers need this)
-    #[arg(
-        long,
-        env = "S3CACHEFS_FORCE_PATH_STYLE",
-        help_heading = "S3 connection"
-    )]
-    pub force_path_style: bool,
-    /// Attempts per S3 request, with capped exponential backoff and jitter [default: 5]
-    #[arg(
-        long,
-        env = "S3CACHEFS_MAX_ATTEMPTS",
-        value_name = "N",
-        help_heading = "S3 connection"
-    )]
-    pub max_attempts: Option<String>,
+    #[command(flatten, next_help_heading = "S3 connection")]
+    pub s3: S3Args,
 
     /// Use the local cache (false: every read goes to S3) [default: true]
     #[arg(
@@ -520,16 +472,7 @@ impl MountArgs {
             Some(b) => config::parse_source(&o("bucket", "bucket", "S3CACHEFS_BUCKET"), b)?,
             None => Source::AllBuckets,
         };
-        let max_attempts = match &self.max_attempts {
-            Some(v) => config::parse_u64_in(
-                &o("max_attempts", "max-attempts", "S3CACHEFS_MAX_ATTEMPTS"),
-                v,
-                1,
-                20,
-                "attempts",
-            )? as u32,
-            None => 5,
-        };
+        let s3 = self.s3.to_s3_options(m)?;
         let mut enabled = match &self.cache_enabled {
             Some(v) => {
                 config::parse_bool(&o("cache_enabled", "cache-enabled", "CACHE_ENABLED"), v)?
@@ -662,7 +605,6 @@ impl MountArgs {
             Some(d) => config::absolute(d),
             None => config::default_cache_dir()?,
         };
-        let profile = self.profile.clone().filter(|p| !p.is_empty());
         Ok(Config {
             mount: MountSettings {
                 mountpoint: config::absolute(&self.mountpoint),
@@ -679,14 +621,6 @@ impl MountArgs {
                 passthrough,
                 log_file: self.log_file.as_deref().map(config::absolute),
             },
-            s3: S3Options {
-                profile: profile.clone(),
-                region: self.region.clone().filter(|r| !r.is_empty()),
-                endpoint_url: self.endpoint_url.clone().filter(|u| !u.is_empty()),
-                force_path_style: self.force_path_style,
-                max_attempts,
-                ..S3Options::default()
-            },
             cache: CacheConfig {
                 enabled,
                 dir: cache_dir,
@@ -694,12 +628,13 @@ impl MountArgs {
                 max_entries,
                 ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
                 validate_etag,
-                profile: profile.unwrap_or_else(|| "default".into()),
+                profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
                 sweep_interval: Duration::from_secs(60),
                 part_size: part_size_mb << 20,
                 fill_concurrency,
                 read_timeout,
             },
+            s3,
             verbosity,
         })
     }
