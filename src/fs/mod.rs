@@ -442,9 +442,15 @@ impl S3Fs {
         }
         let picks: Vec<(u64, String, String, ObjectMeta)> = {
             let inodes = self.inodes.lock();
-            let Some(parent) = inodes.get(ino).map(|n| n.parent) else {
+            let Some(Node {
+                parent,
+                data: NodeData::File { key, .. },
+                ..
+            }) = inodes.get(ino)
+            else {
                 return;
             };
+            let (parent, name) = (*parent, key.rsplit('/').next().unwrap_or(key));
             let Some(Node {
                 data:
                     NodeData::Dir {
@@ -456,9 +462,17 @@ impl S3Fs {
             else {
                 return;
             };
-            let Some(pos) = entries.iter().position(|e| e.ino == ino) else {
+            // Found by name, not by a scan: this runs on every open, and listings come
+            // sorted (S3 order), directories first.
+            let files_from = entries.partition_point(|e| e.kind == Kind::Dir);
+            let Ok(i) = entries[files_from..].binary_search_by(|e| e.name.as_str().cmp(name))
+            else {
                 return;
             };
+            let pos = files_from + i;
+            if entries[pos].ino != ino {
+                return;
+            }
             let ahead = self.readahead.lock().opened(parent, pos, entries.len());
             entries[ahead]
                 .iter()
