@@ -1022,21 +1022,10 @@ impl Inner {
     fn finish_fill(&self, fill: &Arc<Fill>, result: Result<u32, FillFailure>) {
         let Some(disk) = &self.disk else { return };
         let url = s3_url(&fill.bucket, &fill.object_key);
-        // A download replaced by one of a newer version must not overwrite its entry.
-        let current = disk
-            .flights
-            .lock()
-            .get(&fill.key)
-            .is_some_and(|(id, _)| *id == fill.flight);
         match result {
-            Ok(_) if !current => {
-                debug!(%url, "download of a replaced version finished; not kept");
-                let _ = std::fs::remove_file(&fill.tmp_path);
-                disk.index.lock().unreserve(fill.size);
-                fill.finish(Ok(()));
-            }
             Ok(crc32) => {
-                // The flight ends when the committer has put it in the index.
+                // The flight ends when the committer has put it in the index (or found
+                // it replaced by a newer version's download, and dropped it).
                 disk.pending.lock().push(Pending {
                     fill: fill.clone(),
                     crc32,
@@ -1084,6 +1073,8 @@ impl Inner {
     /// Ends a download's flight: later opens find its entry (or fetch anew).
     fn end_flight(&self, disk: &Disk, fill: &Fill) {
         {
+            // Checked and removed under one lock: a newer version's download may take
+            // the key's place at any moment.
             let mut flights = disk.flights.lock();
             if flights
                 .get(&fill.key)
@@ -1137,6 +1128,7 @@ impl Inner {
         let mut db_batch = Batch::default();
         for p in batch {
             let f = &p.fill;
+            // A download replaced by one of a newer version must not overwrite its entry.
             let current = disk
                 .flights
                 .lock()
