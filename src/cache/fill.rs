@@ -359,22 +359,22 @@ impl Fill {
     /// Returns once the first bytes of the object have landed, the fill has ended, or
     /// [`FIRST_BYTES_WAIT`] has passed.
     async fn first_bytes_landed(&self) {
-        let mut rx = self.progress.subscribe();
-        let landed = async {
-            loop {
-                rx.borrow_and_update();
-                {
-                    let st = self.state.lock();
-                    if st.landed.prefix_len() > 0 || st.outcome.is_some() {
-                        return;
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
+        let landed = self.progress_until(|st| st.landed.prefix_len() > 0 || st.outcome.is_some());
         let _ = tokio::time::timeout(FIRST_BYTES_WAIT, landed).await;
+    }
+
+    /// Returns once `done` holds for the fill's state (looked at after every change).
+    async fn progress_until(&self, done: impl Fn(&State) -> bool) {
+        let mut rx = self.progress.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if done(&self.state.lock()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Runs the whole fill: `workers` sequential workers (the first one starting with
@@ -411,21 +411,12 @@ impl Fill {
             let _ = t.await;
         }
         // Out-of-order parts may still be on their way.
-        let mut rx = self.progress.subscribe();
-        loop {
-            rx.borrow_and_update();
-            {
-                let st = self.state.lock();
-                if let Some(Err(f)) = &st.outcome {
-                    return Err(f.clone());
-                }
-                if st.parts.iter().all(|p| *p == Part::Done) {
-                    break;
-                }
-            }
-            if rx.changed().await.is_err() {
-                break;
-            }
+        self.progress_until(|st| {
+            matches!(st.outcome, Some(Err(_))) || st.parts.iter().all(|p| *p == Part::Done)
+        })
+        .await;
+        if let Some(Err(f)) = self.outcome() {
+            return Err(f);
         }
         match hasher.await {
             Ok(r) => r,
