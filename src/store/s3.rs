@@ -256,6 +256,16 @@ impl ObjectStore for S3Store {
         }
         let out = req.send().await.map_err(|e| map_err(e, &target))?;
         let etag = out.e_tag().unwrap_or_default().to_string();
+        // Some S3-compatible servers ignore If-Match (or check it apart from the read):
+        // an answer carrying another version is what a 412 would have said.
+        if let Some(want) = if_match
+            && !etag.is_empty()
+            && etag.trim_matches('"') != want.trim_matches('"')
+        {
+            return Err(StoreError::PreconditionFailed(format!(
+                "{target}: the server answered version {etag}, not {want}"
+            )));
+        }
         let length = out.content_length().unwrap_or(0).max(0) as u64;
         let object_size = match (out.content_range(), &range) {
             (Some(cr), _) => parse_total_from_content_range(cr).unwrap_or(length),

@@ -500,11 +500,25 @@ async fn a_read_at_the_end_of_a_cold_object_is_served_before_the_fill_gets_there
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_never_mixes_two_versions() {
+    never_mixes_two_versions(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_never_mixes_two_versions_when_the_server_ignores_if_match() {
+    // Then only the version the answer carries tells the client.
+    never_mixes_two_versions(true).await;
+}
+
+async fn never_mixes_two_versions(ignore_if_match: bool) {
     let env = Env::new();
     let size = 32 << 20;
     let v1 = pattern(41, size);
     let v2 = pattern(42, size);
     env.server.put("bkt", "obj", v1.clone());
+    env.server
+        .faults
+        .ignore_if_match
+        .store(ignore_if_match, Ordering::SeqCst);
     env.server.faults.get_rate.store(8 << 20, Ordering::SeqCst);
     let mut cfg = env.cache_config();
     cfg.part_size = 1 << 20;

@@ -67,6 +67,9 @@ pub struct Faults {
     pub before_next_get: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// Pace of GET bodies in bytes per second (0 = unlimited).
     pub get_rate: AtomicU64,
+    /// Answer GETs without looking at If-Match, as plain s3s-fs and some S3-compatible
+    /// servers do.
+    pub ignore_if_match: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -336,7 +339,12 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
         if let Some(hook) = hook {
             hook();
         }
-        if let Some(want) = req.headers().get("if-match").and_then(|v| v.to_str().ok()) {
+        let if_match = req
+            .headers()
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| !sh.faults.ignore_if_match.load(Ordering::SeqCst));
+        if let Some(want) = if_match {
             let want = want.to_string();
             let head = Request::builder()
                 .method(Method::HEAD)
