@@ -109,6 +109,11 @@ struct Shared {
     inner: S3Service,
     faults: Arc<Faults>,
     counters: Arc<Counters>,
+    /// s3s-fs renames a PUT's file into place before it records the new ETag, so a read
+    /// in between would get the new bytes under the old ETag. Real S3 replaces an object
+    /// atomically: reads (up to their response headers, when the file is already open)
+    /// and writes are kept apart here.
+    writes: tokio::sync::RwLock<()>,
 }
 
 pub struct TestServer {
@@ -140,6 +145,7 @@ impl TestServer {
             inner,
             faults: faults.clone(),
             counters: counters.clone(),
+            writes: tokio::sync::RwLock::new(()),
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -209,9 +215,12 @@ impl TestServer {
             .header("content-length", data.len())
             .body(s3s::Body::from(data))
             .expect("request");
-        let inner = self.shared.inner.clone();
+        let sh = self.shared.clone();
         let resp = self
-            .block_on(async move { inner.call(req).await })
+            .block_on(async move {
+                let _w = sh.writes.write().await;
+                sh.inner.call(req).await
+            })
             .expect("put");
         assert!(resp.status().is_success(), "PUT {uri}: {}", resp.status());
     }
@@ -224,9 +233,12 @@ impl TestServer {
             .header("host", self.addr.to_string())
             .body(s3s::Body::empty())
             .expect("request");
-        let inner = self.shared.inner.clone();
+        let sh = self.shared.clone();
         let resp = self
-            .block_on(async move { inner.call(req).await })
+            .block_on(async move {
+                let _w = sh.writes.write().await;
+                sh.inner.call(req).await
+            })
             .expect("delete");
         assert!(
             resp.status().is_success(),
@@ -339,6 +351,19 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
         if let Some(hook) = hook {
             hook();
         }
+    }
+    // Held until the inner server has answered (see `Shared::writes`).
+    let _reading = if matches!(kind, Kind::Get | Kind::Head) {
+        Some(sh.writes.read().await)
+    } else {
+        None
+    };
+    let _writing = if matches!(kind, Kind::Put | Kind::Delete) {
+        Some(sh.writes.write().await)
+    } else {
+        None
+    };
+    if kind == Kind::Get {
         let if_match = req
             .headers()
             .get("if-match")
