@@ -149,6 +149,8 @@ def cmd_stats(a):
 ROWS = [
     ("ttfb_cold_ms", "first byte, cold big object", "ms", False, "get_4k_ms", "one 4 KiB ranged GET"),
     ("seq_cold_mbs", "sequential read, cold", "MB/s", True, "get_big_mbs", "one plain GET of the big object"),
+    ("seq_warm_first_mbs", "sequential, warm, first read after the fill", "MB/s", True,
+     "disk_seq_dropped_mbs", "local disk, page cache dropped"),
     ("seq_warm_dropped_mbs", "sequential, warm, page cache dropped", "MB/s", True,
      "disk_seq_dropped_mbs", "local disk, page cache dropped"),
     ("seq_warm_kept_mbs", "sequential, warm, page cache kept", "MB/s", True,
