@@ -148,6 +148,7 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
     let served = mounted.run();
     // Nothing may ask the cache for anything once it is closed.
     drop(control);
+    rt.block_on(cache.settle_landed_downloads(SETTLE_AT_UNMOUNT));
     if let Err(e) = cache.close() {
         warn!(error = %e, "closing the cache");
     }
@@ -163,6 +164,9 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(300);
 /// Longest the mount waits for the root listing before going live without it.
 const ROOT_PRIME_WAIT: Duration = Duration::from_secs(2);
+/// How long an unmount waits for downloads that have all their bytes to be verified and
+/// kept; `s3cachefs unmount` waits up to 10 s for the process.
+const SETTLE_AT_UNMOUNT: Duration = Duration::from_secs(5);
 
 /// Starts the control socket that `s3cachefs stats/clear/warm` talk to. There is none when
 /// the cache is off (nothing to clear or warm); a mount works without it, so a failure

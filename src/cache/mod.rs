@@ -779,6 +779,23 @@ impl Cache {
         }
     }
 
+    /// Waits, at most `limit`, for the downloads whose bytes have all landed to be verified
+    /// and committed, so that at unmount a file just read to its end stays cached.
+    /// Downloads still waiting for bytes from S3 are not waited for.
+    pub async fn settle_landed_downloads(&self, limit: Duration) {
+        let Some(disk) = &self.inner.disk else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let landed_not_kept = disk.flights.lock().values().any(|(_, f)| {
+                matches!(f.peek(), Some(Ok(fill)) if fill.all_landed() && fill.outcome().is_none())
+            });
+            if !landed_not_kept || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Removes expired entries now (the background sweep does this periodically).
     pub fn sweep_expired(&self) -> usize {
         self.inner.sweep()

@@ -855,6 +855,28 @@ fn unmount_waits_for_the_process_and_still_works_when_it_is_stuck() {
 }
 
 #[test]
+fn unmount_right_after_a_whole_read_keeps_the_download() {
+    let env = Env::new();
+    // Big enough that verifying it is still under way when the read returns.
+    let data = pattern(6, 32 << 20);
+    env.server.put("bkt", "big", data.clone());
+    let m = Mount::start(&env, &["--part-size-mb", "1"]);
+    assert!(std::fs::read(m.p("bkt/big")).expect("read") == data);
+    let st = bin().arg("unmount").arg(&m.path).status().expect("unmount");
+    assert!(st.success());
+    drop(m);
+    env.server.counters.reset();
+    let again = Mount::start(&env, &[]);
+    assert_eq!(stat_u64(&again, "entry_count"), 1, "the download was kept");
+    assert!(std::fs::read(again.p("bkt/big")).expect("read") == data);
+    assert_eq!(
+        env.server.counters.count(Kind::Get),
+        0,
+        "served from the cache"
+    );
+}
+
+#[test]
 fn ls_then_cat_of_small_files_costs_one_list_and_no_head() {
     let env = Env::new();
     for i in 0..50 {
