@@ -204,8 +204,6 @@ impl InodeTable {
         }
     }
 
-    /// Records the version an open got. Returns whether the kernel may keep pages cached
-    /// from earlier opens (same version, read from a complete local copy).
     /// Records the version a download ahead of use found, so the open that follows
     /// trusts it like a listing's (no HEAD within the metadata TTL).
     pub fn note_version(&mut self, ino: u64, etag: &str, size: u64) {
@@ -220,6 +218,8 @@ impl InodeTable {
         }
     }
 
+    /// Records the version an open got. Returns whether the kernel may keep pages cached
+    /// from earlier opens (same version, read from a complete local copy).
     pub fn note_opened(&mut self, ino: u64, etag: &str, size: u64, cached: bool) -> bool {
         let Some(Node {
             data:
