@@ -23,3 +23,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 cargo test --locked "$@"
+# Tests that drop the kernel's caches machine-wide run alone, after the others.
+if [ $# -eq 0 ]; then
+    cargo test --locked --test it -- --ignored --exact mount::inodes_are_dropped_when_the_kernel_forgets_them
+fi

@@ -172,6 +172,11 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    // fuser's default batch_forget calls this once per inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.fs.attr_ttl(), &to_file_attr(&a)),
@@ -453,7 +458,7 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        dir: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -467,19 +472,19 @@ impl Filesystem for FuseAdapter {
         };
         let ttl = self.fs.attr_ttl();
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            // An entry whose inode is gone (it cannot be, while the snapshot holds it)
-            // is left out rather than failing the whole listing.
-            let Ok(attr) = self.fs.getattr(e.ino) else {
+            // An entry whose name is gone since the snapshot is left out.
+            let Some((ino, attr)) = self.fs.plus_entry(dir.0, e) else {
                 continue;
             };
             if reply.add(
-                INodeNo(e.ino),
+                INodeNo(ino),
                 (i + 1) as u64,
                 &e.name,
                 &ttl,
                 &to_file_attr(&attr),
                 Generation(0),
             ) {
+                self.fs.plus_entry_unsent(e, ino);
                 break;
             }
         }

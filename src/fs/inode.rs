@@ -1,7 +1,12 @@
-//! Inode numbers for S3 paths: stable for the life of the mount (a path keeps its number;
-//! numbers are never reused), with what was last learned about each object.
+//! Inode numbers for S3 paths, with what was last learned about each object. A path keeps
+//! its number while the kernel holds it or its directory's listing is kept; numbers are
+//! never reused.
+//!
+//! Memory follows the kernel's own cache: every entry handed to the kernel counts one
+//! lookup, FORGET takes them back, and when the kernel forgets a directory its listing and
+//! the children it no longer holds are dropped (a later lookup lists it again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -32,6 +37,23 @@ pub struct Node {
     pub parent: u64,
     pub mtime: SystemTime,
     pub data: NodeData,
+    /// Entries with this inode handed to the kernel and not yet forgotten by it.
+    lookups: u64,
+    /// No longer reachable by name (a newer version, or its directory was forgotten):
+    /// dropped once the kernel forgets it.
+    stale: bool,
+}
+
+impl Node {
+    fn new(parent: u64, mtime: SystemTime, data: NodeData) -> Node {
+        Node {
+            parent,
+            mtime,
+            data,
+            lookups: 0,
+            stale: false,
+        }
+    }
 }
 
 pub enum NodeData {
@@ -39,7 +61,9 @@ pub enum NodeData {
         /// None only for the root when every bucket is shown.
         bucket: Option<String>,
         prefix: String,
-        children: Option<(Instant, Arc<Vec<DirEntry>>)>,
+        /// The last listing and when it was made; no time means it must be made again
+        /// before use. It is kept until then so that the next one can tell what went.
+        children: Option<(Option<Instant>, Arc<Vec<DirEntry>>)>,
     },
     File {
         bucket: String,
@@ -69,15 +93,15 @@ impl InodeTable {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT_INO,
-            Node {
-                parent: ROOT_INO,
-                mtime: mounted_at,
-                data: NodeData::Dir {
+            Node::new(
+                ROOT_INO,
+                mounted_at,
+                NodeData::Dir {
                     bucket,
                     prefix,
                     children: None,
                 },
-            },
+            ),
         );
         InodeTable {
             nodes,
@@ -108,15 +132,15 @@ impl InodeTable {
         if new {
             self.nodes.insert(
                 ino,
-                Node {
+                Node::new(
                     parent,
-                    mtime: self.mounted_at,
-                    data: NodeData::Dir {
+                    self.mounted_at,
+                    NodeData::Dir {
                         bucket: Some(bucket),
                         prefix,
                         children: None,
                     },
-                },
+                ),
             );
         }
         ino
@@ -160,34 +184,127 @@ impl InodeTable {
                 }
             }
             self.by_name.remove(&(parent, name.to_string(), false));
+            self.retire(ino);
             return self.file_child(parent, name, bucket, meta, learned);
         }
         let key = meta.key.clone();
         self.nodes.insert(
             ino,
-            Node {
+            Node::new(
                 parent,
-                mtime: self.mounted_at,
-                data: NodeData::File {
+                self.mounted_at,
+                NodeData::File {
                     bucket,
                     key,
                     meta,
                     learned,
                     kernel_etag: None,
                 },
-            },
+            ),
         );
         ino
     }
 
-    pub fn set_children(&mut self, dir: u64, at: Instant, entries: Arc<Vec<DirEntry>>) {
+    /// The inode `name` in `dir` has now (a listing made meanwhile may have given it a new
+    /// one).
+    pub fn child_named(&self, dir: u64, name: &str, kind: Kind) -> Option<u64> {
+        self.by_name
+            .get(&(dir, name.to_string(), kind == Kind::Dir))
+            .copied()
+    }
+
+    /// Number of inodes held.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `ino` was handed to the kernel in an entry (a lookup or a READDIRPLUS entry).
+    pub fn looked_up(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel dropped `n` of its lookups of `ino`. When none are left, a stale node
+    /// goes, and a directory drops its listing and the children nothing holds.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 {
+            return;
+        }
+        if node.stale {
+            self.retire(ino);
+            return;
+        }
+        let listing = match &mut node.data {
+            NodeData::Dir { children, .. } => children.take(),
+            NodeData::File { .. } => None,
+        };
+        if let Some((_, entries)) = listing {
+            self.drop_listing(ino, &entries);
+        }
+    }
+
+    /// `entries` of `dir` are no longer listed: their names are free for new inodes.
+    fn drop_listing(&mut self, dir: u64, entries: &[DirEntry]) {
+        for e in entries {
+            let k = (dir, e.name.clone(), e.kind == Kind::Dir);
+            if self.by_name.get(&k) == Some(&e.ino) {
+                self.by_name.remove(&k);
+            }
+            self.retire(e.ino);
+        }
+    }
+
+    /// `ino` can no longer be reached by name: dropped now if the kernel does not hold it,
+    /// else when the kernel forgets it. A directory's listing goes with it.
+    fn retire(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.lookups > 0 {
+            node.stale = true;
+            return;
+        }
         if let Some(Node {
+            data:
+                NodeData::Dir {
+                    children: Some((_, entries)),
+                    ..
+                },
+            ..
+        }) = self.nodes.remove(&ino)
+        {
+            self.drop_listing(ino, &entries);
+        }
+    }
+
+    /// A new listing of `dir`. Entries of the last one that it no longer has (objects
+    /// gone, older versions) are retired.
+    pub fn set_children(&mut self, dir: u64, at: Instant, entries: Arc<Vec<DirEntry>>) {
+        let Some(Node {
             data: NodeData::Dir { children, .. },
             ..
         }) = self.nodes.get_mut(&dir)
-        {
-            *children = Some((at, entries));
-        }
+        else {
+            return;
+        };
+        let Some((_, old)) = children.replace((Some(at), entries.clone())) else {
+            return;
+        };
+        let kept: HashSet<u64> = entries.iter().map(|e| e.ino).collect();
+        let gone: Vec<DirEntry> = old
+            .iter()
+            .filter(|e| !kept.contains(&e.ino))
+            .cloned()
+            .collect();
+        self.drop_listing(dir, &gone);
     }
 
     /// The object behind `ino` is gone: list its directory again next time.
@@ -196,11 +313,15 @@ impl InodeTable {
             return;
         };
         if let Some(Node {
-            data: NodeData::Dir { children, .. },
+            data:
+                NodeData::Dir {
+                    children: Some((at, _)),
+                    ..
+                },
             ..
         }) = self.nodes.get_mut(&parent)
         {
-            *children = None;
+            *at = None;
         }
     }
 
@@ -240,5 +361,120 @@ impl InodeTable {
         let keep = cached && kernel_etag.as_deref() == Some(etag);
         *kernel_etag = cached.then(|| etag.to_string());
         keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &str, etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            etag: Some(etag.into()),
+            last_modified: None,
+        }
+    }
+
+    fn table() -> InodeTable {
+        InodeTable::new(&Source::Bucket {
+            bucket: "b".into(),
+            prefix: String::new(),
+        })
+    }
+
+    /// Lists `names` as the files of `dir`, as a listing from S3 would.
+    fn list(t: &mut InodeTable, dir: u64, names: &[(&str, &str)]) -> Vec<u64> {
+        let now = Instant::now();
+        let entries: Vec<DirEntry> = names
+            .iter()
+            .map(|(name, etag)| DirEntry {
+                ino: t.file_child(dir, name, "b".into(), meta(name, etag), now),
+                kind: Kind::File,
+                name: name.to_string(),
+            })
+            .collect();
+        let inos = entries.iter().map(|e| e.ino).collect();
+        t.set_children(dir, now, Arc::new(entries));
+        inos
+    }
+
+    #[test]
+    fn forgetting_a_directory_drops_its_listing_and_the_children_nothing_holds() {
+        let mut t = table();
+        let dir = t.dir_child(ROOT_INO, "d", "b".into(), "d/".into());
+        let files = list(&mut t, dir, &[("f1", "1"), ("f2", "1")]);
+        t.looked_up(dir);
+        t.looked_up(files[0]);
+        t.forget(files[0], 1);
+        assert!(
+            t.get(files[0]).is_some(),
+            "still in its directory's listing"
+        );
+        t.forget(dir, 1);
+        assert!(t.get(dir).is_some(), "the root's way to it");
+        assert!(t.get(files[0]).is_none() && t.get(files[1]).is_none());
+        assert_eq!(t.len(), 2, "the root and the directory");
+        let again = list(&mut t, dir, &[("f1", "1")]);
+        assert!(
+            !files.contains(&again[0]),
+            "a new number: numbers are never reused"
+        );
+    }
+
+    #[test]
+    fn a_child_the_kernel_still_holds_goes_when_it_is_forgotten() {
+        let mut t = table();
+        let dir = t.dir_child(ROOT_INO, "d", "b".into(), "d/".into());
+        let files = list(&mut t, dir, &[("f1", "1")]);
+        t.looked_up(dir);
+        t.looked_up(files[0]);
+        t.looked_up(files[0]);
+        t.forget(dir, 1);
+        assert!(t.get(files[0]).is_some(), "held twice");
+        t.forget(files[0], 1);
+        assert!(t.get(files[0]).is_some(), "held once");
+        t.forget(files[0], 1);
+        assert!(t.get(files[0]).is_none());
+    }
+
+    #[test]
+    fn an_older_version_goes_once_nothing_holds_it() {
+        let mut t = table();
+        let dir = t.dir_child(ROOT_INO, "d", "b".into(), "d/".into());
+        let v1 = list(&mut t, dir, &[("held", "1"), ("unheld", "1")]);
+        t.looked_up(v1[0]);
+        let v2 = list(&mut t, dir, &[("held", "2"), ("unheld", "2")]);
+        assert!(
+            v2[0] != v1[0] && v2[1] != v1[1],
+            "new versions, new numbers"
+        );
+        assert!(t.get(v1[1]).is_none(), "nothing held the old one");
+        assert!(t.get(v1[0]).is_some(), "the kernel holds the old one");
+        t.forget(v1[0], 1);
+        assert!(t.get(v1[0]).is_none());
+        assert!(t.get(v2[0]).is_some() && t.get(v2[1]).is_some());
+    }
+
+    #[test]
+    fn a_new_listing_retires_the_objects_that_went() {
+        let mut t = table();
+        let dir = t.dir_child(ROOT_INO, "d", "b".into(), "d/".into());
+        let first = list(&mut t, dir, &[("a", "1"), ("gone", "1")]);
+        let second = list(&mut t, dir, &[("a", "1")]);
+        assert_eq!(second[0], first[0], "unchanged: same number");
+        assert!(t.get(first[1]).is_none());
+        let back = list(&mut t, dir, &[("a", "1"), ("gone", "1")]);
+        assert!(back[1] != first[1], "back again: a new number");
+    }
+
+    #[test]
+    fn the_root_and_its_listing_are_never_forgotten() {
+        let mut t = table();
+        let files = list(&mut t, ROOT_INO, &[("f", "1")]);
+        t.forget(ROOT_INO, 1);
+        t.forget(12345, 1);
+        assert!(t.get(ROOT_INO).is_some() && t.get(files[0]).is_some());
     }
 }

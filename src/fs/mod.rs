@@ -63,6 +63,10 @@ enum OpenFile {
     Stats(Bytes),
 }
 
+fn counts_as_lookup(e: &DirEntry) -> bool {
+    e.name != "." && e.name != ".."
+}
+
 /// One entry of a directory as `readdir` returns it.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -157,9 +161,20 @@ impl S3Fs {
         }
     }
 
-    /// The `.cache-stats` document, made fresh.
+    /// The `.cache-stats` document, made fresh: the cache's counters, then the inodes the
+    /// mount holds.
     pub fn stats_json(&self) -> Bytes {
-        let mut s = serde_json::to_vec_pretty(&self.cache.stats()).unwrap_or_default();
+        #[derive(serde::Serialize)]
+        struct Doc {
+            #[serde(flatten)]
+            cache: crate::cache::StatsSnapshot,
+            inodes: usize,
+        }
+        let doc = Doc {
+            cache: self.cache.stats(),
+            inodes: self.inodes.lock().len(),
+        };
+        let mut s = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         s.push(b'\n');
         Bytes::from(s)
     }
@@ -169,11 +184,54 @@ impl S3Fs {
             return self.getattr(STATS_INO);
         }
         let entries = self.listing(parent).await?;
-        let found = entries.iter().find(|e| e.name == name).map(|e| e.ino);
-        match found {
-            Some(ino) => self.getattr(ino),
-            None => Err(FsError::NotFound),
+        let e = entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or(FsError::NotFound)?;
+        let mut inodes = self.inodes.lock();
+        let (ino, attr) = self
+            .entry_attr(&inodes, parent, e)
+            .ok_or(FsError::NotFound)?;
+        inodes.looked_up(ino);
+        Ok(attr)
+    }
+
+    /// The inode and attributes to hand out for `e` of `dir`: the listing's, or the
+    /// current one of that name if a newer listing retired that version meanwhile.
+    fn entry_attr(&self, inodes: &InodeTable, dir: u64, e: &DirEntry) -> Option<(u64, Attr)> {
+        let ino = match inodes.get(e.ino) {
+            Some(_) => e.ino,
+            None => inodes.child_named(dir, &e.name, e.kind)?,
+        };
+        Some((ino, self.attr_of(ino, inodes.get(ino)?)))
+    }
+
+    /// A READDIRPLUS entry of `dir`'s snapshot, as `entry_attr` gives it. The kernel counts
+    /// every such entry but `.` and `..` as a lookup, and so does this, under the same
+    /// lock, so the inode cannot go before the kernel has it; `plus_entry_unsent` takes
+    /// the count back for an entry that did not fit in the reply.
+    pub fn plus_entry(&self, dir: u64, e: &DirEntry) -> Option<(u64, Attr)> {
+        if e.ino == STATS_INO {
+            // Not an inode of the table; its size comes from a document that locks it.
+            return self.getattr(STATS_INO).ok().map(|a| (STATS_INO, a));
         }
+        let mut inodes = self.inodes.lock();
+        let (ino, attr) = self.entry_attr(&inodes, dir, e)?;
+        if counts_as_lookup(e) {
+            inodes.looked_up(ino);
+        }
+        Some((ino, attr))
+    }
+
+    pub fn plus_entry_unsent(&self, e: &DirEntry, ino: u64) {
+        if counts_as_lookup(e) {
+            self.inodes.lock().forget(ino, 1);
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino` (FORGET).
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().forget(ino, n);
     }
 
     /// Lists the root ahead of the first lookup. A failure is only logged: the mount
@@ -198,7 +256,7 @@ impl S3Fs {
             else {
                 return Err(FsError::NotADirectory);
             };
-            if let Some((at, entries)) = children
+            if let Some((Some(at), entries)) = children
                 && self.fresh(*at)
             {
                 return Ok(entries.clone());

@@ -876,6 +876,51 @@ fn unmount_right_after_a_whole_read_keeps_the_download() {
     );
 }
 
+/// Drops the kernel's dentry and inode caches machine-wide, which would add LISTs to the
+/// counts other tests check: `scripts/test.sh` runs it alone, after the others.
+#[test]
+#[ignore = "drops the kernel's caches: run alone, as scripts/test.sh does"]
+fn inodes_are_dropped_when_the_kernel_forgets_them() {
+    let env = Env::new();
+    for i in 0..300 {
+        env.server
+            .put("bkt", &format!("d/f{i:03}"), pattern(i, 100));
+    }
+    let m = Mount::start(&env, &[]);
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(m.p("bkt/d"))
+        .output()
+        .expect("ls");
+    assert!(ls.status.success());
+    let held = stat_u64(&m, "inodes");
+    assert!(held >= 303, "the root, bkt, d and 300 files: {held}");
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the dentry cache");
+    // FORGETs arrive as the kernel evicts its inodes.
+    let started = Instant::now();
+    let mut now_held = held;
+    while started.elapsed() < Duration::from_secs(10) {
+        now_held = stat_u64(&m, "inodes");
+        if now_held <= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        now_held <= 3,
+        "the root and at most bkt and d are left: {now_held}"
+    );
+    // The listing is made again, and every byte is right.
+    env.server.counters.reset();
+    for i in [0, 150, 299] {
+        let got = std::fs::read(m.p(&format!("bkt/d/f{i:03}"))).expect("read");
+        assert!(got == pattern(i, 100), "f{i:03}");
+    }
+    assert!(env.server.counters.count(Kind::List) >= 1, "listed again");
+    let ls = Command::new("ls").arg(m.p("bkt/d")).output().expect("ls");
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 300);
+}
+
 #[test]
 fn ls_then_cat_of_small_files_costs_one_list_and_no_head() {
     let env = Env::new();
