@@ -23,7 +23,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 cargo test --locked "$@"
-# Tests that drop the kernel's caches machine-wide run alone, after the others.
+# Tests that drop the kernel's caches machine-wide run alone, after the others (only in
+# a full run: with arguments, just what they select runs).
 if [ $# -eq 0 ]; then
     cargo test --locked --test it -- --ignored --exact mount::inodes_are_dropped_when_the_kernel_forgets_them
 fi

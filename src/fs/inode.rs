@@ -1,6 +1,6 @@
 //! Inode numbers for S3 paths, with what was last learned about each object. A path keeps
-//! its number while the kernel holds it or its directory's listing is kept; numbers are
-//! never reused.
+//! its number while the kernel holds it or its directory's listing is kept (after that it
+//! gets a new one, as after a remount); numbers are never reused.
 //!
 //! Memory follows the kernel's own cache: every entry handed to the kernel counts one
 //! lookup, FORGET takes them back, and when the kernel forgets a directory its listing and
@@ -205,6 +205,22 @@ impl InodeTable {
         ino
     }
 
+    /// Whether `ino` is what its name in its directory stands for now (not retired).
+    pub fn is_current(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| !n.stale)
+    }
+
+    /// The listing of `dir` if one started after `at` is already in.
+    pub fn listing_after(&self, dir: u64, at: Instant) -> Option<Arc<Vec<DirEntry>>> {
+        match &self.nodes.get(&dir)?.data {
+            NodeData::Dir {
+                children: Some((Some(t), entries)),
+                ..
+            } if *t > at => Some(entries.clone()),
+            _ => None,
+        }
+    }
+
     /// The inode `name` in `dir` has now (a listing made meanwhile may have given it a new
     /// one).
     pub fn child_named(&self, dir: u64, name: &str, kind: Kind) -> Option<u64> {
@@ -226,21 +242,23 @@ impl InodeTable {
     }
 
     /// The kernel dropped `n` of its lookups of `ino`. When none are left, a stale node
-    /// goes, and a directory drops its listing and the children nothing holds.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// goes, and a directory drops its listing and the children nothing holds. Returns
+    /// false if the kernel dropped more than were counted (a counting bug).
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return true;
         }
         let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
+            return true;
         };
+        let counted = node.lookups >= n;
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups > 0 {
-            return;
+            return counted;
         }
         if node.stale {
             self.retire(ino);
-            return;
+            return counted;
         }
         let listing = match &mut node.data {
             NodeData::Dir { children, .. } => children.take(),
@@ -249,6 +267,7 @@ impl InodeTable {
         if let Some((_, entries)) = listing {
             self.drop_listing(ino, &entries);
         }
+        counted
     }
 
     /// `entries` of `dir` are no longer listed: their names are free for new inodes.
@@ -293,6 +312,8 @@ impl InodeTable {
             ..
         }) = self.nodes.get_mut(&dir)
         else {
+            // The directory went while it was being listed: nothing can reach these.
+            self.drop_listing(dir, &entries);
             return;
         };
         let Some((_, old)) = children.replace((Some(at), entries.clone())) else {
@@ -467,6 +488,53 @@ mod tests {
         assert!(t.get(first[1]).is_none());
         let back = list(&mut t, dir, &[("a", "1"), ("gone", "1")]);
         assert!(back[1] != first[1], "back again: a new number");
+    }
+
+    #[test]
+    fn forgetting_more_than_was_counted_is_reported() {
+        let mut t = table();
+        let files = list(&mut t, ROOT_INO, &[("f", "1")]);
+        t.looked_up(files[0]);
+        assert!(t.forget(files[0], 1));
+        t.looked_up(files[0]);
+        assert!(!t.forget(files[0], 2));
+    }
+
+    #[test]
+    fn a_retired_version_is_not_current_and_its_name_leads_to_the_new_one() {
+        let mut t = table();
+        let v1 = list(&mut t, ROOT_INO, &[("f", "1")]);
+        t.looked_up(v1[0]);
+        let v2 = list(&mut t, ROOT_INO, &[("f", "2")]);
+        assert!(t.get(v1[0]).is_some() && !t.is_current(v1[0]));
+        assert!(t.is_current(v2[0]));
+        assert_eq!(t.child_named(ROOT_INO, "f", Kind::File), Some(v2[0]));
+    }
+
+    #[test]
+    fn a_listing_that_started_later_and_landed_first_is_the_newer_one() {
+        let mut t = table();
+        let started = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        list(&mut t, ROOT_INO, &[("f", "1")]);
+        assert!(t.listing_after(ROOT_INO, started).is_some());
+        assert!(t.listing_after(ROOT_INO, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn a_listing_of_a_directory_that_went_meanwhile_is_dropped() {
+        let mut t = table();
+        let dir = t.dir_child(ROOT_INO, "d", "b".into(), "d/".into());
+        let d = DirEntry {
+            ino: dir,
+            kind: Kind::Dir,
+            name: "d".into(),
+        };
+        t.set_children(ROOT_INO, Instant::now(), Arc::new(vec![d]));
+        t.set_children(ROOT_INO, Instant::now(), Arc::new(Vec::new()));
+        assert!(t.get(dir).is_none(), "gone from the root's listing");
+        list(&mut t, dir, &[("f", "1")]);
+        assert_eq!(t.len(), 1, "only the root");
     }
 
     #[test]

@@ -199,9 +199,10 @@ impl S3Fs {
     /// The inode and attributes to hand out for `e` of `dir`: the listing's, or the
     /// current one of that name if a newer listing retired that version meanwhile.
     fn entry_attr(&self, inodes: &InodeTable, dir: u64, e: &DirEntry) -> Option<(u64, Attr)> {
-        let ino = match inodes.get(e.ino) {
-            Some(_) => e.ino,
-            None => inodes.child_named(dir, &e.name, e.kind)?,
+        let ino = if inodes.is_current(e.ino) {
+            e.ino
+        } else {
+            inodes.child_named(dir, &e.name, e.kind)?
         };
         Some((ino, self.attr_of(ino, inodes.get(ino)?)))
     }
@@ -225,13 +226,15 @@ impl S3Fs {
 
     pub fn plus_entry_unsent(&self, e: &DirEntry, ino: u64) {
         if counts_as_lookup(e) {
-            self.inodes.lock().forget(ino, 1);
+            self.forget(ino, 1);
         }
     }
 
     /// The kernel forgot `n` lookups of `ino` (FORGET).
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().forget(ino, n);
+        if !self.inodes.lock().forget(ino, n) {
+            warn!(ino, n, "the kernel forgot more lookups than were counted");
+        }
     }
 
     /// Lists the root ahead of the first lookup. A failure is only logged: the mount
@@ -320,6 +323,10 @@ impl S3Fs {
         }
         let entries = {
             let mut inodes = self.inodes.lock();
+            // A listing started later may have landed first: it is the newer one.
+            if let Some(newer) = inodes.listing_after(dir, fetched_at) {
+                return Ok(newer);
+            }
             let mut out = Vec::with_capacity(dirs.len() + files.len());
             for name in dirs {
                 let (b, p) = match &bucket {

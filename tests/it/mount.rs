@@ -49,6 +49,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(env: &Env, extra: &[&str]) -> Mount {
+        Mount::start_logging_to(env, extra, Stdio::inherit())
+    }
+
+    /// Like `start`, with the mount's log (its stderr in the foreground) going to `log`.
+    pub fn start_logging_to(env: &Env, extra: &[&str], log: Stdio) -> Mount {
         let path = env.tmp.path().join("mnt");
         std::fs::create_dir_all(&path).expect("mountpoint");
         let mut cmd = bin();
@@ -64,7 +69,7 @@ impl Mount {
             .arg(env.cache_dir())
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         let child = cmd.spawn().expect("spawn s3cachefs");
         let mut m = Mount {
             path,
@@ -886,7 +891,12 @@ fn inodes_are_dropped_when_the_kernel_forgets_them() {
         env.server
             .put("bkt", &format!("d/f{i:03}"), pattern(i, 100));
     }
-    let m = Mount::start(&env, &[]);
+    let log = env.tmp.path().join("forget.log");
+    let m = Mount::start_logging_to(
+        &env,
+        &[],
+        Stdio::from(std::fs::File::create(&log).expect("log file")),
+    );
     let ls = Command::new("ls")
         .arg("-l")
         .arg(m.p("bkt/d"))
@@ -919,6 +929,13 @@ fn inodes_are_dropped_when_the_kernel_forgets_them() {
     assert!(env.server.counters.count(Kind::List) >= 1, "listed again");
     let ls = Command::new("ls").arg(m.p("bkt/d")).output().expect("ls");
     assert_eq!(String::from_utf8_lossy(&ls.stdout).lines().count(), 300);
+    // Had a lookup gone uncounted, the kernel would have forgotten more than was counted.
+    let text = std::fs::read_to_string(&log).expect("mount log");
+    assert!(text.contains("mounted"), "the log is the mount's");
+    assert!(
+        !text.contains("more lookups than were counted"),
+        "lookup counts fell short of the kernel's"
+    );
 }
 
 #[test]
