@@ -773,23 +773,26 @@ impl Cache {
 
     /// Waits until no download is under way (tests and tools that want a settled cache).
     pub async fn wait_for_downloads(&self) {
-        let Some(disk) = &self.inner.disk else { return };
-        while !disk.flights.lock().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.wait_while_any_flight(None, |_| true).await;
     }
 
     /// Waits, at most `limit`, for the downloads whose bytes have all landed to be verified
     /// and committed, so that at unmount a file just read to its end stays cached.
     /// Downloads still waiting for bytes from S3 are not waited for.
     pub async fn settle_landed_downloads(&self, limit: Duration) {
+        self.wait_while_any_flight(
+            Some(limit),
+            |f| matches!(f.peek(), Some(Ok(fill)) if fill.all_landed() && fill.outcome().is_none()),
+        )
+        .await;
+    }
+
+    /// Polls the downloads in flight until none matches `busy`, or `limit` has passed.
+    async fn wait_while_any_flight(&self, limit: Option<Duration>, busy: impl Fn(&Flight) -> bool) {
         let Some(disk) = &self.inner.disk else { return };
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let landed_not_kept = disk.flights.lock().values().any(|(_, f)| {
-                matches!(f.peek(), Some(Ok(fill)) if fill.all_landed() && fill.outcome().is_none())
-            });
-            if !landed_not_kept || tokio::time::Instant::now() >= deadline {
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        while disk.flights.lock().values().any(|(_, f)| busy(f)) {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
