@@ -2,6 +2,7 @@
 //! validated [`Config`] by [`MountArgs::to_config`]. Every setting is a flag and an
 //! environment variable; the flag wins.
 
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use crate::config::{
     DEFAULT_READAHEAD_FILES, DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
 };
 use crate::store::S3Options;
+
+/// The longest `--cache-ttl-hours`: a hundred years, in effect never.
+const MAX_TTL_HOURS: f64 = 24.0 * 365.0 * 100.0;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,16 +99,13 @@ pub struct S3Args {
 
 impl S3Args {
     pub fn to_s3_options(&self, m: &ArgMatches) -> Result<S3Options, ConfigError> {
-        let max_attempts = match &self.max_attempts {
-            Some(v) => config::parse_u64_in(
-                &origin(m, "max_attempts", "max-attempts", "S3CACHEFS_MAX_ATTEMPTS"),
-                v,
-                1,
-                20,
-                "attempts",
-            )? as u32,
-            None => 5,
-        };
+        let max_attempts = Raw(m).u64_in(
+            &self.max_attempts,
+            ("max_attempts", "S3CACHEFS_MAX_ATTEMPTS"),
+            1..=20,
+            "attempts",
+            5,
+        )? as u32;
         Ok(S3Options {
             profile: self.profile.clone().filter(|p| !p.is_empty()),
             region: self.region.clone().filter(|r| !r.is_empty()),
@@ -145,36 +146,20 @@ fn parse_limits(
     max_size_mb: &Option<String>,
     max_entries: &Option<String>,
 ) -> Result<(u64, u64), ConfigError> {
-    let size_mb = match max_size_mb {
-        Some(v) => config::parse_u64_in(
-            &origin(
-                m,
-                "cache_max_size_mb",
-                "cache-max-size-mb",
-                "CACHE_MAX_SIZE_MB",
-            ),
-            v,
-            1,
-            1 << 30,
-            "megabytes",
-        )?,
-        None => DEFAULT_MAX_SIZE_MB,
-    };
-    let entries = match max_entries {
-        Some(v) => config::parse_u64_in(
-            &origin(
-                m,
-                "cache_max_entries",
-                "cache-max-entries",
-                "CACHE_MAX_ENTRIES",
-            ),
-            v,
-            1,
-            100_000_000,
-            "entries",
-        )?,
-        None => DEFAULT_MAX_ENTRIES,
-    };
+    let size_mb = Raw(m).u64_in(
+        max_size_mb,
+        ("cache_max_size_mb", "CACHE_MAX_SIZE_MB"),
+        1..=1 << 30,
+        "megabytes",
+        DEFAULT_MAX_SIZE_MB,
+    )?;
+    let entries = Raw(m).u64_in(
+        max_entries,
+        ("cache_max_entries", "CACHE_MAX_ENTRIES"),
+        1..=100_000_000,
+        "entries",
+        DEFAULT_MAX_ENTRIES,
+    )?;
     Ok((size_mb * 1024 * 1024, entries))
 }
 
@@ -246,23 +231,16 @@ pub struct WarmArgs {
 
 impl WarmArgs {
     pub fn to_settings(&self, m: &ArgMatches) -> Result<WarmSettings, ConfigError> {
-        let jobs = match &self.jobs {
-            Some(v) => {
-                config::parse_u64_in(&origin(m, "jobs", "jobs", "--jobs"), v, 1, 256, "jobs")?
-                    as usize
-            }
-            None => 8,
-        };
-        let ttl_hours = match &self.cache_ttl_hours {
-            Some(v) => config::parse_f64_in(
-                &origin(m, "cache_ttl_hours", "cache-ttl-hours", "CACHE_TTL_HOURS"),
-                v,
-                0.001,
-                24.0 * 365.0 * 100.0,
-                "hours",
-            )?,
-            None => DEFAULT_TTL_HOURS,
-        };
+        let raw = Raw(m);
+        // --jobs has no environment variable.
+        let jobs = raw.u64_in(&self.jobs, ("jobs", ""), 1..=256, "jobs", 8)? as usize;
+        let ttl_hours = raw.f64_in(
+            &self.cache_ttl_hours,
+            ("cache_ttl_hours", "CACHE_TTL_HOURS"),
+            0.001..=MAX_TTL_HOURS,
+            "hours",
+            DEFAULT_TTL_HOURS,
+        )?;
         let s3 = self.s3.to_s3_options(m)?;
         Ok(WarmSettings {
             targets: self.paths.clone(),
@@ -454,11 +432,73 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// The flag or environment variable a value came from.
-fn origin(m: &ArgMatches, id: &str, flag: &str, env: &str) -> Origin {
-    match m.value_source(id) {
-        Some(ValueSource::EnvVariable) => Origin(env.to_string()),
-        _ => Origin(format!("--{flag}")),
+/// Turns the raw values of one subcommand into settings. Errors name the flag or the
+/// environment variable the bad value came from, which only the matches know.
+struct Raw<'a>(&'a ArgMatches);
+
+impl Raw<'_> {
+    /// `id` is clap's name for the argument: its long flag with `_` for `-`.
+    fn origin(&self, id: &str, env: &str) -> Origin {
+        match self.0.value_source(id) {
+            Some(ValueSource::EnvVariable) => Origin(env.to_string()),
+            _ => Origin(format!("--{}", id.replace('_', "-"))),
+        }
+    }
+
+    fn u64_in(
+        &self,
+        value: &Option<String>,
+        (id, env): (&str, &str),
+        range: RangeInclusive<u64>,
+        unit: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        match value {
+            Some(v) => {
+                config::parse_u64_in(&self.origin(id, env), v, *range.start(), *range.end(), unit)
+            }
+            None => Ok(default),
+        }
+    }
+
+    fn f64_in(
+        &self,
+        value: &Option<String>,
+        (id, env): (&str, &str),
+        range: RangeInclusive<f64>,
+        unit: &str,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
+        match value {
+            Some(v) => {
+                config::parse_f64_in(&self.origin(id, env), v, *range.start(), *range.end(), unit)
+            }
+            None => Ok(default),
+        }
+    }
+
+    fn bool(
+        &self,
+        value: &Option<String>,
+        (id, env): (&str, &str),
+        default: bool,
+    ) -> Result<bool, ConfigError> {
+        match value {
+            Some(v) => config::parse_bool(&self.origin(id, env), v),
+            None => Ok(default),
+        }
+    }
+
+    fn mode(
+        &self,
+        value: &Option<String>,
+        (id, env): (&str, &str),
+        default: u16,
+    ) -> Result<u16, ConfigError> {
+        match value {
+            Some(v) => config::parse_mode(&self.origin(id, env), v),
+            None => Ok(default),
+        }
     }
 }
 
@@ -466,135 +506,88 @@ impl MountArgs {
     /// Validates everything; `m` are the matches of the `mount` subcommand (they say
     /// whether a value came from a flag or from the environment).
     pub fn to_config(&self, m: &ArgMatches) -> Result<Config, ConfigError> {
-        let o = |id: &str, flag: &str, env: &str| origin(m, id, flag, env);
-
+        let raw = Raw(m);
         let source = match &self.bucket {
-            Some(b) => config::parse_source(&o("bucket", "bucket", "S3CACHEFS_BUCKET"), b)?,
+            Some(b) => config::parse_source(&raw.origin("bucket", "S3CACHEFS_BUCKET"), b)?,
             None => Source::AllBuckets,
         };
         let s3 = self.s3.to_s3_options(m)?;
-        let mut enabled = match &self.cache_enabled {
-            Some(v) => {
-                config::parse_bool(&o("cache_enabled", "cache-enabled", "CACHE_ENABLED"), v)?
-            }
-            None => true,
-        };
-        if self.no_cache {
-            enabled = false;
-        }
+        let enabled = raw.bool(
+            &self.cache_enabled,
+            ("cache_enabled", "CACHE_ENABLED"),
+            true,
+        )? && !self.no_cache;
         let (max_size, max_entries) =
             parse_limits(m, &self.cache_max_size_mb, &self.cache_max_entries)?;
-        let ttl_hours = match &self.cache_ttl_hours {
-            Some(v) => config::parse_f64_in(
-                &o("cache_ttl_hours", "cache-ttl-hours", "CACHE_TTL_HOURS"),
-                v,
-                0.001,
-                24.0 * 365.0 * 100.0,
-                "hours",
-            )?,
-            None => DEFAULT_TTL_HOURS,
-        };
-        let part_size_mb = match &self.part_size_mb {
-            Some(v) => config::parse_u64_in(
-                &o("part_size_mb", "part-size-mb", "S3CACHEFS_PART_SIZE_MB"),
-                v,
-                1,
-                1024,
-                "megabytes",
-            )?,
-            None => CacheConfig::DEFAULT_PART_SIZE >> 20,
-        };
-        let fill_concurrency = match &self.fill_concurrency {
-            Some(v) => config::parse_u64_in(
-                &o(
-                    "fill_concurrency",
-                    "fill-concurrency",
-                    "S3CACHEFS_FILL_CONCURRENCY",
-                ),
-                v,
-                1,
-                64,
-                "requests",
-            )? as usize,
-            None => CacheConfig::DEFAULT_FILL_CONCURRENCY,
-        };
-        let read_timeout = match &self.read_timeout {
-            Some(v) => Duration::from_secs_f64(config::parse_f64_in(
-                &o("read_timeout", "read-timeout", "S3CACHEFS_READ_TIMEOUT"),
-                v,
-                0.1,
-                86_400.0,
-                "seconds",
-            )?),
-            None => CacheConfig::DEFAULT_READ_TIMEOUT,
-        };
-        let mut validate_etag = match &self.validate_etag {
-            Some(v) => config::parse_bool(
-                &o("validate_etag", "validate-etag", "CACHE_VALIDATE_ETAG"),
-                v,
-            )?,
-            None => true,
-        };
-        if self.no_validate_etag {
-            validate_etag = false;
-        }
-        let metadata_ttl = match &self.metadata_ttl {
-            Some(v) => config::parse_f64_in(
-                &o("metadata_ttl", "metadata-ttl", "S3CACHEFS_METADATA_TTL"),
-                v,
-                0.0,
-                86_400.0 * 365.0,
-                "seconds",
-            )?,
-            None => DEFAULT_METADATA_TTL_SECS,
-        };
-        let id = |v: &Option<String>, idn: &str, flag: &str, env: &str, dflt: u32| match v {
-            Some(v) => config::parse_u64_in(&o(idn, flag, env), v, 0, u32::MAX as u64, "an id")
-                .map(|n| n as u32),
-            None => Ok(dflt),
-        };
+        let ttl_hours = raw.f64_in(
+            &self.cache_ttl_hours,
+            ("cache_ttl_hours", "CACHE_TTL_HOURS"),
+            0.001..=MAX_TTL_HOURS,
+            "hours",
+            DEFAULT_TTL_HOURS,
+        )?;
+        let part_size_mb = raw.u64_in(
+            &self.part_size_mb,
+            ("part_size_mb", "S3CACHEFS_PART_SIZE_MB"),
+            1..=1024,
+            "megabytes",
+            CacheConfig::DEFAULT_PART_SIZE >> 20,
+        )?;
+        let fill_concurrency = raw.u64_in(
+            &self.fill_concurrency,
+            ("fill_concurrency", "S3CACHEFS_FILL_CONCURRENCY"),
+            1..=64,
+            "requests",
+            CacheConfig::DEFAULT_FILL_CONCURRENCY as u64,
+        )? as usize;
+        let read_timeout = raw.f64_in(
+            &self.read_timeout,
+            ("read_timeout", "S3CACHEFS_READ_TIMEOUT"),
+            0.1..=86_400.0,
+            "seconds",
+            CacheConfig::DEFAULT_READ_TIMEOUT.as_secs_f64(),
+        )?;
+        let validate_etag = raw.bool(
+            &self.validate_etag,
+            ("validate_etag", "CACHE_VALIDATE_ETAG"),
+            true,
+        )? && !self.no_validate_etag;
+        let metadata_ttl = raw.f64_in(
+            &self.metadata_ttl,
+            ("metadata_ttl", "S3CACHEFS_METADATA_TTL"),
+            0.0..=86_400.0 * 365.0,
+            "seconds",
+            DEFAULT_METADATA_TTL_SECS,
+        )?;
         // SAFETY: getuid/getgid cannot fail.
         let (my_uid, my_gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let uid = id(&self.uid, "uid", "uid", "S3CACHEFS_UID", my_uid)?;
-        let gid = id(&self.gid, "gid", "gid", "S3CACHEFS_GID", my_gid)?;
-        let file_mode = match &self.file_mode {
-            Some(v) => config::parse_mode(&o("file_mode", "file-mode", "S3CACHEFS_FILE_MODE"), v)?,
-            None => 0o444,
+        let id = |v, names, mine: u32| {
+            raw.u64_in(v, names, 0..=u32::MAX as u64, "an id", mine as u64)
+                .map(|n| n as u32)
         };
-        let dir_mode = match &self.dir_mode {
-            Some(v) => config::parse_mode(&o("dir_mode", "dir-mode", "S3CACHEFS_DIR_MODE"), v)?,
-            None => 0o555,
-        };
-        let fuse_threads = match &self.fuse_threads {
-            Some(v) => config::parse_u64_in(
-                &o("fuse_threads", "fuse-threads", "S3CACHEFS_FUSE_THREADS"),
-                v,
-                1,
-                64,
-                "threads",
-            )? as usize,
-            None => 4,
-        };
-        let readahead_files = match &self.readahead_files {
-            Some(v) => config::parse_u64_in(
-                &o(
-                    "readahead_files",
-                    "readahead-files",
-                    "S3CACHEFS_READAHEAD_FILES",
-                ),
-                v,
-                0,
-                64,
-                "files",
-            )? as usize,
-            None => DEFAULT_READAHEAD_FILES,
-        };
-        let passthrough = match &self.passthrough {
-            Some(v) => {
-                config::parse_bool(&o("passthrough", "passthrough", "S3CACHEFS_PASSTHROUGH"), v)?
-            }
-            None => true,
-        };
+        let uid = id(&self.uid, ("uid", "S3CACHEFS_UID"), my_uid)?;
+        let gid = id(&self.gid, ("gid", "S3CACHEFS_GID"), my_gid)?;
+        let file_mode = raw.mode(&self.file_mode, ("file_mode", "S3CACHEFS_FILE_MODE"), 0o444)?;
+        let dir_mode = raw.mode(&self.dir_mode, ("dir_mode", "S3CACHEFS_DIR_MODE"), 0o555)?;
+        let fuse_threads = raw.u64_in(
+            &self.fuse_threads,
+            ("fuse_threads", "S3CACHEFS_FUSE_THREADS"),
+            1..=64,
+            "threads",
+            4,
+        )? as usize;
+        let readahead_files = raw.u64_in(
+            &self.readahead_files,
+            ("readahead_files", "S3CACHEFS_READAHEAD_FILES"),
+            0..=64,
+            "files",
+            DEFAULT_READAHEAD_FILES as u64,
+        )? as usize;
+        let passthrough = raw.bool(
+            &self.passthrough,
+            ("passthrough", "S3CACHEFS_PASSTHROUGH"),
+            true,
+        )?;
         let mut verbosity = self.verbose;
         if let Ok(v) = std::env::var("VERBOSE")
             && config::parse_bool(&Origin("VERBOSE".into()), &v)?
@@ -632,7 +625,7 @@ impl MountArgs {
                 sweep_interval: Duration::from_secs(60),
                 part_size: part_size_mb << 20,
                 fill_concurrency,
-                read_timeout,
+                read_timeout: Duration::from_secs_f64(read_timeout),
             },
             s3,
             verbosity,
@@ -690,6 +683,54 @@ mod tests {
                 prefix: "videos/".into()
             }
         );
+    }
+
+    #[test]
+    fn no_flags_give_the_documented_defaults() {
+        let c = parse(&["s3cachefs", "mount", "/mnt/x"]).expect("valid");
+        assert!(c.cache.enabled && c.cache.validate_etag && c.mount.passthrough);
+        assert_eq!(c.cache.max_size, DEFAULT_MAX_SIZE_MB << 20);
+        assert_eq!(c.cache.max_entries, DEFAULT_MAX_ENTRIES);
+        assert_eq!(c.cache.ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.cache.part_size, CacheConfig::DEFAULT_PART_SIZE);
+        assert_eq!(
+            c.cache.fill_concurrency,
+            CacheConfig::DEFAULT_FILL_CONCURRENCY
+        );
+        assert_eq!(c.cache.read_timeout, CacheConfig::DEFAULT_READ_TIMEOUT);
+        assert_eq!(c.s3.max_attempts, 5);
+        assert_eq!(c.mount.fuse_threads, 4);
+        assert_eq!(c.mount.readahead_files, DEFAULT_READAHEAD_FILES);
+        assert_eq!((c.mount.file_mode, c.mount.dir_mode), (0o444, 0o555));
+        // SAFETY: getuid cannot fail.
+        assert_eq!(c.mount.uid, unsafe { libc::getuid() });
+    }
+
+    #[test]
+    fn every_checked_flag_names_itself_when_its_value_is_bad() {
+        for flag in [
+            "--cache-enabled",
+            "--cache-max-size-mb",
+            "--cache-max-entries",
+            "--cache-ttl-hours",
+            "--part-size-mb",
+            "--fill-concurrency",
+            "--read-timeout",
+            "--validate-etag",
+            "--metadata-ttl",
+            "--uid",
+            "--gid",
+            "--file-mode",
+            "--dir-mode",
+            "--fuse-threads",
+            "--readahead-files",
+            "--passthrough",
+            "--max-attempts",
+        ] {
+            let e = parse(&["s3cachefs", "mount", "/mnt/x", flag, "bogus"])
+                .expect_err("a bad value is refused");
+            assert!(e.to_string().contains(flag), "{flag}: {e}");
+        }
     }
 
     #[test]
