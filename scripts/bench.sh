@@ -81,6 +81,7 @@ fi
 BIG_BYTES=$((BIG_MIB * 1024 * 1024))
 SMALL_COUNT=1000
 SMALL_SIZE=65536
+MIB_BYTES=1048576   # one object of 1 MiB beside the big one: first byte must not grow with size
 RAND_READS=20000    # 4 KiB preads per random-read measurement (2,000 take a few ms: noise)
 KEPT_READS=3        # reads per run with the page cache kept: one takes ~50 ms, so noisy
 # Reads per run with the page cache dropped before each. On a VM the first read of blocks
@@ -274,6 +275,7 @@ make_data() {
     # 64 KiB file for its ETag in well under a millisecond.
     py mkfiles "$DATA/small" "$SMALL_COUNT" "$SMALL_SIZE"
     head -c "$BIG_BYTES" /dev/urandom >"$WORK/big.src"
+    head -c "$MIB_BYTES" /dev/urandom >"$WORK/mib.src"
     # A real MP4 as ffmpeg writes it by default: the moov atom (the index ffprobe needs)
     # at the END, so a reader that fetches whole objects before answering pays for it.
     ffmpeg -nostdin -loglevel error -f lavfi -i "testsrc2=duration=$MP4_SECONDS:size=1280x720:rate=30" \
@@ -302,8 +304,9 @@ http() { curl -sS -f --noproxy '*' "$@"; }
 # The server lets unsigned requests through (SimpleAuth plus an allow-all policy).
 upload() {
     http -T "$WORK/big.src" "$ENDPOINT/$BUCKET/big.bin" -o /dev/null
+    http -T "$WORK/mib.src" "$ENDPOINT/$BUCKET/mib.bin" -o /dev/null
     http -T "$WORK/video.src.mp4" "$ENDPOINT/$BUCKET/video.mp4" -o /dev/null
-    rm -f "$WORK/big.src" "$WORK/video.src.mp4"
+    rm -f "$WORK/big.src" "$WORK/mib.src" "$WORK/video.src.mp4"
     [ "$(stat -c %s "$DATA/big.bin")" = "$BIG_BYTES" ] || die "PUT of big.bin did not store $BIG_BYTES bytes"
     # An anonymous GET works too (the limits below rely on it).
     http "$ENDPOINT/$BUCKET/small/f0000.bin" -o "$WORK/probe.bin"
@@ -530,6 +533,13 @@ measure_tool() {
     measure "$tool" rand_iops_warm "$r" py rand "$mnt/big.bin" "$RAND_READS" "$r"
     finish_session "$tool" "$r" big
 
+    # The same first byte of a 1 MiB object, also the first read of a fresh mount: with a
+    # streaming fill it should not depend on the object's size.
+    say "run $r/$RUNS: $tool: first byte of a 1 MiB object (cold)"
+    mount_tool "$tool" "r$r-mib"
+    measure_seq "$tool" "$r" "$mnt/mib.bin" ttfb_mib_cold_ms -
+    finish_session "$tool" "$r" mib
+
     say "run $r/$RUNS: $tool: small files (cold, warm)"
     mount_tool "$tool" "r$r-small"
     prepare_small_dir "$tool"
@@ -565,6 +575,7 @@ verify_tool() {
     mount_tool "$tool" verify
     step "$tool" py verify "$DATA/big.bin" "$mnt/big.bin" >/dev/null
     step "$tool" py verify "$DATA/big.bin" "$mnt/big.bin" >/dev/null
+    step "$tool" py verify "$DATA/mib.bin" "$mnt/mib.bin" >/dev/null
     prepare_small_dir "$tool"
     step "$tool" py verify "$DATA/small" "$mnt/small" >/dev/null
     step "$tool" py verify "$DATA/small" "$mnt/small" >/dev/null
@@ -572,7 +583,7 @@ verify_tool() {
     if [ "$tool" = s3cachefs ]; then check_s3cachefs 0 verify; fi
     unmount_tool "$tool"
     rm -rf "$(cache_of "$tool")"
-    record "$tool" verified - "big object cold+warm, $SMALL_COUNT small files cold+warm, MP4: identical to the source"
+    record "$tool" verified - "big object cold+warm, 1 MiB object, $SMALL_COUNT small files cold+warm, MP4: identical to the source"
 }
 
 # s3cachefs with --no-cache: throughput and peak RSS while NOCACHE_PASSES x the big object
