@@ -288,7 +288,8 @@ impl Filesystem for FuseAdapter {
                 }
             };
             let mut modes = modes.lock();
-            // An inode already in passthrough mode: every open must share its backing.
+            // An inode already in passthrough mode: every open must share its backing,
+            // O_DIRECT ones too (the kernel fails any other open of it with EIO).
             if !o.direct_io
                 && let Some(id) = modes.backing_of(ino.0)
             {

@@ -170,15 +170,22 @@ impl InodeTable {
                 ..
             }) = self.nodes.get_mut(&ino)
             {
+                // Two ETags decide; without both, the modification time does, when known
+                // (a version an open found has none until it is listed).
                 let changed = old.size != meta.size
-                    || old.last_modified != meta.last_modified
-                    || matches!((&old.etag, &meta.etag), (Some(a), Some(b)) if a != b);
+                    || match (&old.etag, &meta.etag) {
+                        (Some(a), Some(b)) => a != b,
+                        _ => old.last_modified.is_some() && old.last_modified != meta.last_modified,
+                    };
                 if !changed {
                     // Listings from some servers carry no ETag: keep the one we know, but
                     // do not count it as confirmed now.
                     if meta.etag.is_some() {
                         *old_learned = learned;
                         old.etag = meta.etag;
+                    }
+                    if meta.last_modified.is_some() {
+                        old.last_modified = meta.last_modified;
                     }
                     return ino;
                 }
@@ -346,29 +353,30 @@ impl InodeTable {
         }
     }
 
-    /// Records the version a download ahead of use found, so the open that follows
-    /// trusts it like a listing's (no HEAD within the metadata TTL).
-    pub fn note_version(&mut self, ino: u64, etag: &str, size: u64) {
-        if let Some(Node {
-            data: NodeData::File { meta, learned, .. },
-            ..
-        }) = self.nodes.get_mut(&ino)
-        {
-            meta.size = size;
-            meta.etag = Some(etag.to_string());
-            *learned = Instant::now();
-        }
-    }
-
-    /// Records the version an open got. Returns whether the kernel may keep pages cached
-    /// from earlier opens (same version, read from a complete local copy).
-    pub fn note_opened(&mut self, ino: u64, etag: &str, size: u64, cached: bool) -> bool {
+    /// An open, or a download ahead of use, found version `etag` (of `size` bytes) of the
+    /// object behind `ino`; `confirmed` is when S3 said so (None: the open trusted what
+    /// the table knew, or S3 could not be asked). Returns whether `ino` still stands for
+    /// that version.
+    ///
+    /// Another version than the kernel was told about gets a new inode for the name, as a
+    /// newer listing would give it, and `ino` is retired: the kernel holds `ino`'s size,
+    /// pages and (with passthrough) backing file, which belong to the old version.
+    pub fn found_version(
+        &mut self,
+        ino: u64,
+        etag: &str,
+        size: u64,
+        confirmed: Option<Instant>,
+    ) -> bool {
         let Some(Node {
+            parent,
+            stale: false,
             data:
                 NodeData::File {
+                    bucket,
+                    key,
                     meta,
                     learned,
-                    kernel_etag,
                     ..
                 },
             ..
@@ -376,9 +384,48 @@ impl InodeTable {
         else {
             return false;
         };
-        meta.size = size;
-        meta.etag = Some(etag.to_string());
-        *learned = Instant::now();
+        let changed = meta.size != size || meta.etag.as_deref().is_some_and(|e| e != etag);
+        if !changed {
+            meta.etag = Some(etag.to_string());
+            if let Some(at) = confirmed {
+                *learned = at;
+            }
+            return true;
+        }
+        let (parent, bucket, key) = (*parent, bucket.clone(), key.clone());
+        let name = key.rsplit('/').next().unwrap_or(&key).to_string();
+        let meta = ObjectMeta {
+            key: key.clone(),
+            size,
+            etag: Some(etag.to_string()),
+            // Not known until the next listing (the mount time stands in until then).
+            last_modified: None,
+        };
+        let k = (parent, name.clone(), false);
+        if self.by_name.get(&k) == Some(&ino) {
+            self.by_name.remove(&k);
+        }
+        self.retire(ino);
+        self.file_child(
+            parent,
+            &name,
+            bucket,
+            meta,
+            confirmed.unwrap_or_else(Instant::now),
+        );
+        false
+    }
+
+    /// Records that the kernel opened `ino` at version `etag`. Returns whether it may keep
+    /// pages cached from earlier opens (same version, read from a complete local copy).
+    pub fn note_opened(&mut self, ino: u64, etag: &str, cached: bool) -> bool {
+        let Some(Node {
+            data: NodeData::File { kernel_etag, .. },
+            ..
+        }) = self.nodes.get_mut(&ino)
+        else {
+            return false;
+        };
         let keep = cached && kernel_etag.as_deref() == Some(etag);
         *kernel_etag = cached.then(|| etag.to_string());
         keep
@@ -498,6 +545,59 @@ mod tests {
         assert!(t.forget(files[0], 1));
         t.looked_up(files[0]);
         assert!(!t.forget(files[0], 2));
+    }
+
+    fn learned_at(t: &InodeTable, ino: u64) -> Instant {
+        match t.get(ino).map(|n| &n.data) {
+            Some(NodeData::File { learned, .. }) => *learned,
+            _ => panic!("no file {ino}"),
+        }
+    }
+
+    #[test]
+    fn the_same_version_found_by_an_open_is_trusted_longer_only_if_s3_said_so() {
+        let mut t = table();
+        let f = list(&mut t, ROOT_INO, &[("f", "1")])[0];
+        let listed = learned_at(&t, f);
+        assert!(t.found_version(f, "1", 1, None));
+        assert_eq!(
+            learned_at(&t, f),
+            listed,
+            "trusting what was known confirms nothing"
+        );
+        let now = Instant::now();
+        assert!(t.found_version(f, "1", 1, Some(now)));
+        assert_eq!(learned_at(&t, f), now);
+    }
+
+    #[test]
+    fn another_version_found_by_an_open_gets_the_name_a_new_inode() {
+        let mut t = table();
+        let v1 = list(&mut t, ROOT_INO, &[("f", "1")])[0];
+        t.looked_up(v1);
+        assert!(!t.found_version(v1, "2", 1, Some(Instant::now())));
+        assert!(
+            !t.is_current(v1) && t.get(v1).is_some(),
+            "kept while the kernel holds it"
+        );
+        let v2 = t.child_named(ROOT_INO, "f", Kind::File).expect("the name");
+        assert_ne!(v2, v1);
+        assert!(
+            t.found_version(v2, "2", 1, None),
+            "the new inode is that version"
+        );
+        assert!(
+            !t.found_version(v1, "2", 1, None),
+            "the old one is not current"
+        );
+        // The next listing (this one without ETags, as some servers give) keeps it.
+        let now = Instant::now();
+        let mut m = meta("f", "2");
+        m.etag = None;
+        m.last_modified = Some(SystemTime::now());
+        assert_eq!(t.file_child(ROOT_INO, "f", "b".into(), m, now), v2);
+        t.forget(v1, 1);
+        assert!(t.get(v1).is_none());
     }
 
     #[test]

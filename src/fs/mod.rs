@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
-use crate::cache::{Cache, ObjectHandle};
+use crate::cache::{Cache, ObjectHandle, Outcome};
 use crate::config::Source;
 use crate::store::ObjectMeta;
 use inode::{InodeTable, Node, NodeData};
@@ -449,6 +449,12 @@ impl S3Fs {
         let (bucket, key, known) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(ino).ok_or(FsError::NotFound)?;
+            if !inodes.is_current(ino) {
+                // The name stands for a newer version now. ESTALE makes the kernel look
+                // the path up again (LOOKUP_REVAL) and retry the open once, on the new
+                // inode.
+                return Err(FsError::Stale);
+            }
             match &node.data {
                 NodeData::Dir { .. } => return Err(FsError::IsADirectory),
                 NodeData::File {
@@ -463,6 +469,7 @@ impl S3Fs {
                 }
             }
         };
+        let trusted = known.is_some();
         let handle = if direct {
             self.cache.open_uncached(&bucket, &key).await
         } else {
@@ -482,10 +489,16 @@ impl S3Fs {
             }
         };
         debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
-        let keep_cache =
-            self.inodes
-                .lock()
-                .note_opened(ino, &handle.etag, handle.size, handle.file().is_some());
+        let confirmed = (!trusted && handle.outcome != Outcome::StaleHit).then(Instant::now);
+        let keep_cache = {
+            let mut inodes = self.inodes.lock();
+            if !inodes.found_version(ino, &handle.etag, handle.size, confirmed) {
+                debug!(url = %crate::cache::s3_url(&bucket, &key), etag = %handle.etag,
+                    "a new version: the kernel must look the name up again");
+                return Err(FsError::Stale);
+            }
+            inodes.note_opened(ino, &handle.etag, handle.file().is_some())
+        };
         let opened = Opened {
             fh,
             direct_io: false,
@@ -567,7 +580,11 @@ impl S3Fs {
                     .prefetch(&bucket, &key, meta.size, Some(meta))
                     .await
                 {
-                    Ok(Some((etag, size))) => fs.inodes.lock().note_version(ino, &etag, size),
+                    Ok(Some((etag, size))) => {
+                        fs.inodes
+                            .lock()
+                            .found_version(ino, &etag, size, Some(Instant::now()));
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         debug!(url = %crate::cache::s3_url(&bucket, &key), error = %e, "read-ahead skipped")

@@ -289,6 +289,63 @@ fn overwrite_is_seen_on_next_open_while_old_handle_keeps_old_bytes() {
     assert!(m.stats()["etag_mismatches"].as_u64() >= Some(1));
 }
 
+/// The kernel still holds the name's entry (READDIRPLUS renewed it from a listing made
+/// earlier) when the open finds, with a HEAD, that the object changed. The new version
+/// must come as a new file: not through the old inode's size, pages or passthrough
+/// backing file, which a handle still open on the old version is using.
+#[test]
+fn a_new_version_found_by_an_open_is_a_new_file_to_the_kernel() {
+    for passthrough in ["true", "false"] {
+        let env = Env::new();
+        let v1 = pattern(20, 300_000);
+        let v2 = pattern(21, 200_000);
+        env.server.put("bkt", "obj", v1.clone());
+        let m = Mount::start(&env, &["--metadata-ttl", "3", "--passthrough", passthrough]);
+        let t0 = Instant::now();
+        assert!(std::fs::read(m.p("bkt/obj")).expect("read v1") == v1);
+        wait_settled(&m);
+        let mut old = std::fs::File::open(m.p("bkt/obj")).expect("open v1");
+        let mut head = vec![0u8; 1000];
+        old.read_exact(&mut head).expect("read v1 head");
+        std::thread::sleep(Duration::from_millis(1500).saturating_sub(t0.elapsed()));
+        // Answered from the listing made at t0: the kernel now keeps the entry until
+        // t0 + 4.5 s, while what S3 said at t0 is trusted until t0 + 3 s.
+        assert_eq!(std::fs::read_dir(m.p("bkt")).expect("ls").count(), 1);
+        env.server.put("bkt", "obj", v2.clone());
+        std::thread::sleep(Duration::from_millis(3500).saturating_sub(t0.elapsed()));
+        let mut new = std::fs::File::open(m.p("bkt/obj")).expect("open v2");
+        assert!(
+            t0.elapsed() < Duration::from_millis(4400),
+            "too slow to test what was meant: the kernel's entry may have run out"
+        );
+        let mut got = Vec::new();
+        new.read_to_end(&mut got).expect("read v2");
+        assert!(
+            got == v2,
+            "passthrough {passthrough}: the new open reads v2 whole"
+        );
+        let mut rest = Vec::new();
+        old.seek(SeekFrom::Start(0)).expect("seek");
+        old.read_to_end(&mut rest).expect("read v1 again");
+        assert!(
+            rest == v1,
+            "passthrough {passthrough}: the old handle keeps v1"
+        );
+        // The other way round: the pages the old handle just read are not the new one's.
+        got.clear();
+        new.seek(SeekFrom::Start(0)).expect("seek");
+        new.read_to_end(&mut got).expect("read v2 again");
+        assert!(
+            got == v2,
+            "passthrough {passthrough}: no v1 pages reach the new handle"
+        );
+        let (a, b) = (old.metadata().expect("stat"), new.metadata().expect("stat"));
+        assert_ne!(a.ino(), b.ino(), "a new version is a new inode");
+        assert_eq!(b.len(), v2.len() as u64);
+        assert_eq!(stat_u64(&m, "errors"), 0, "{}", m.stats());
+    }
+}
+
 #[test]
 fn deleted_object_is_enoent_and_writes_are_erofs() {
     let env = Env::new();
@@ -1034,12 +1091,36 @@ fn many_open_handles_of_a_cached_file_and_o_direct_beside_them() {
     let mut handles: Vec<std::fs::File> = (0..8)
         .map(|_| std::fs::File::open(m.p("bkt/shared.bin")).expect("open"))
         .collect();
-    // (Opened only: O_DIRECT reads need aligned buffers, as on a local disk.)
-    let _direct = std::fs::OpenOptions::new()
+    let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(m.p("bkt/shared.bin"))
         .expect("O_DIRECT open beside passthrough opens");
+    // The kernel makes every open of a passthrough inode share its backing file, so this
+    // one reads the complete local copy. Its buffer must be aligned, as on a disk.
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!buf.is_null());
+    // SAFETY: buf holds 4096 bytes.
+    let n = unsafe {
+        libc::pread(
+            std::os::fd::AsRawFd::as_raw_fd(&direct),
+            buf.cast(),
+            4096,
+            0,
+        )
+    };
+    // SAFETY: n bytes of buf were written; buf is freed once, with its layout.
+    let got = unsafe { std::slice::from_raw_parts(buf, n.max(0) as usize) }.to_vec();
+    unsafe { std::alloc::dealloc(buf, layout) };
+    assert_eq!(
+        n,
+        4096,
+        "O_DIRECT read: {}",
+        std::io::Error::last_os_error()
+    );
+    assert!(got == data[..4096]);
     for f in handles.iter_mut() {
         let mut got = Vec::new();
         f.read_to_end(&mut got).expect("read");
