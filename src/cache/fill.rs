@@ -261,7 +261,10 @@ impl Fill {
         }
         match fetched {
             Ok(()) => {
-                self.state.lock().parts[i] = Part::Done;
+                // No part at all for an empty object some servers answer with a 206.
+                if let Some(p) = self.state.lock().parts.get_mut(i) {
+                    *p = Part::Done;
+                }
                 self.bump();
             }
             Err(f) => {

@@ -267,8 +267,40 @@ impl ObjectStore for S3Store {
             )));
         }
         let length = out.content_length().unwrap_or(0).max(0) as u64;
-        let object_size = match (out.content_range(), &range) {
-            (Some(cr), _) => parse_total_from_content_range(cr).unwrap_or(length),
+        // Callers write and serve the body at the offset they asked for: an answer from
+        // anywhere else would put bytes in the wrong place.
+        let object_size = match (out.content_range().map(parse_content_range), &range) {
+            (Some(Some(cr)), Some(r)) if cr.start != r.start => {
+                return Err(StoreError::Other(format!(
+                    "{target}: asked for bytes from {}, the server answered from {}",
+                    r.start, cr.start
+                )));
+            }
+            (Some(Some(ContentRange { total: Some(t), .. })), _) => t,
+            // "bytes 0-99/*": the object's size only a HEAD can tell, if of this version.
+            (Some(Some(_)), _) => {
+                let meta = self.head(bucket, key).await?;
+                if meta.etag.as_deref().map(|e| e.trim_matches('"')) != Some(etag.trim_matches('"'))
+                {
+                    return Err(StoreError::PreconditionFailed(format!(
+                        "{target}: replaced while its size was asked for"
+                    )));
+                }
+                meta.size
+            }
+            (Some(None), _) => {
+                return Err(StoreError::Other(format!(
+                    "{target}: unreadable Content-Range {:?}",
+                    out.content_range().unwrap_or_default()
+                )));
+            }
+            (None, Some(r)) if r.start > 0 => {
+                return Err(StoreError::Other(format!(
+                    "{target}: the server ignored the Range header (asked for bytes from {})",
+                    r.start
+                )));
+            }
+            // The whole object (asked for, or a range from 0 answered whole).
             (None, _) => length,
         };
         let body = out.body;
@@ -287,9 +319,23 @@ impl ObjectStore for S3Store {
     }
 }
 
-/// `bytes 0-99/1234` -> 1234.
-fn parse_total_from_content_range(s: &str) -> Option<u64> {
-    s.rsplit('/').next()?.trim().parse().ok()
+/// A `Content-Range` of a 206 answer: `bytes START-END/TOTAL`, TOTAL perhaps `*`.
+#[derive(Debug, PartialEq, Eq)]
+struct ContentRange {
+    start: u64,
+    end: u64,
+    total: Option<u64>,
+}
+
+fn parse_content_range(s: &str) -> Option<ContentRange> {
+    let (range, total) = s.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (start <= end).then_some(ContentRange { start, end, total })
 }
 
 #[cfg(test)]
@@ -297,12 +343,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_range_total() {
+    fn content_range() {
+        let cr = |start, end, total| Some(ContentRange { start, end, total });
         assert_eq!(
-            parse_total_from_content_range("bytes 0-99/1234"),
-            Some(1234)
+            parse_content_range("bytes 0-99/1234"),
+            cr(0, 99, Some(1234))
         );
-        assert_eq!(parse_total_from_content_range("bytes */1234"), Some(1234));
-        assert_eq!(parse_total_from_content_range("bytes 0-99/*"), None);
+        assert_eq!(parse_content_range("bytes 100-199/*"), cr(100, 199, None));
+        assert_eq!(parse_content_range("bytes */1234"), None);
+        assert_eq!(parse_content_range("bytes 9-1/10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes 0-x/2"), None);
     }
 }

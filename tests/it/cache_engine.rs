@@ -558,6 +558,55 @@ async fn never_mixes_two_versions(ignore_if_match: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_range_gives_errors_never_misplaced_bytes() {
+    let env = Env::new();
+    let data = pattern(43, (4 << 20) + 777);
+    env.server.put("bkt", "obj", data.clone());
+    env.server.faults.ignore_range.store(true, Ordering::SeqCst);
+    let mut cfg = env.cache_config();
+    cfg.part_size = 1 << 20;
+    let cache = env.cache(cfg).await;
+    let h = cache.open_object("bkt", "obj", None).await.expect("open");
+    let mut failures = 0;
+    for off in [0usize, 100, (1 << 20) + 5, (3 << 20) + 9, data.len() - 10] {
+        match h.read(off as u64, 1000).await {
+            Ok(b) => assert!(
+                b[..] == data[off..(off + 1000).min(data.len())],
+                "read at {off} is the object's bytes at {off}"
+            ),
+            Err(e) => {
+                assert!(e.to_string().contains("ignored the Range header"), "{e}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures > 0, "the parts after the first cannot be had");
+    cache.wait_for_downloads().await;
+    assert!(
+        !cache.contains("bkt", "obj"),
+        "nothing half-fetched is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_object_reads_empty_whether_the_range_gets_416_or_200() {
+    for ignore_range in [false, true] {
+        let env = Env::new();
+        env.server.put("bkt", "empty", Vec::new());
+        env.server.faults.ignore_range.store(ignore_range, Ordering::SeqCst);
+        let cache = env.cache(env.cache_config()).await;
+        for _ in 0..2 {
+            let h = cache.open_object("bkt", "empty", None).await.expect("open");
+            assert_eq!(h.size, 0);
+            assert!(h.read(0, 4096).await.expect("read").is_empty());
+            cache.wait_for_downloads().await;
+        }
+        assert_eq!(cache.stats().errors, 0, "ignore_range {ignore_range}");
+        cache.close().expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ranged_get_at_a_time_still_completes_a_many_part_fill() {
     let env = Env::new();
     let data = pattern(90, (1 << 20) + 12_345);

@@ -70,6 +70,9 @@ pub struct Faults {
     /// Answer GETs without looking at If-Match, as plain s3s-fs and some S3-compatible
     /// servers do.
     pub ignore_if_match: std::sync::atomic::AtomicBool,
+    /// Answer GETs with the whole object whatever Range asks, as a server without range
+    /// support does.
+    pub ignore_range: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -390,7 +393,16 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
             }
         }
     }
-    let req = req.map(s3s::Body::from);
+    let mut req = req.map(s3s::Body::from);
+    if kind == Kind::Get && sh.faults.ignore_range.load(Ordering::SeqCst) {
+        // Range is a signed header: ask again unsigned (the server lets those through).
+        req = Request::builder()
+            .method(Method::GET)
+            .uri(req.uri().clone())
+            .header("host", "localhost")
+            .body(s3s::Body::empty())
+            .expect("request");
+    }
     let resp = match sh.inner.call(req).await {
         Ok(r) => r,
         Err(e) => {
