@@ -45,8 +45,8 @@ struct OpenModes {
     by_fh: HashMap<u64, (u64, Mode)>,
     /// ino -> its backing file while any open uses it.
     backing: HashMap<u64, Weak<BackingId>>,
-    /// ino -> page-cached opens.
-    cached: HashMap<u64, u32>,
+    /// ino -> its opens that are not passthrough (page-cached or direct_io).
+    others: HashMap<u64, u32>,
 }
 
 enum Mode {
@@ -62,8 +62,8 @@ impl OpenModes {
         self.backing.get(&ino).and_then(Weak::upgrade)
     }
 
-    fn cached_opens(&self, ino: u64) -> u32 {
-        self.cached.get(&ino).copied().unwrap_or(0)
+    fn other_opens(&self, ino: u64) -> u32 {
+        self.others.get(&ino).copied().unwrap_or(0)
     }
 
     fn add(&mut self, fh: u64, ino: u64, mode: Mode) {
@@ -71,8 +71,7 @@ impl OpenModes {
             Mode::Passthrough(id) => {
                 self.backing.insert(ino, Arc::downgrade(id));
             }
-            Mode::Cached => *self.cached.entry(ino).or_default() += 1,
-            Mode::Uncached => {}
+            Mode::Cached | Mode::Uncached => *self.others.entry(ino).or_default() += 1,
         }
         self.by_fh.insert(fh, (ino, mode));
     }
@@ -88,15 +87,14 @@ impl OpenModes {
                     self.backing.remove(&ino);
                 }
             }
-            Mode::Cached => {
-                if let Some(c) = self.cached.get_mut(&ino) {
+            Mode::Cached | Mode::Uncached => {
+                if let Some(c) = self.others.get_mut(&ino) {
                     *c = c.saturating_sub(1);
                     if *c == 0 {
-                        self.cached.remove(&ino);
+                        self.others.remove(&ino);
                     }
                 }
             }
-            Mode::Uncached => {}
         }
     }
 }
@@ -137,6 +135,9 @@ impl Filesystem for FuseAdapter {
         // Listings already carry every attribute: handing them over with the names spares
         // `ls -l` one lookup round trip per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Lets a direct_io open (an object still downloading, with passthrough on) be
+        // mmap()ed MAP_SHARED, as numpy.memmap and safetensors do; without it, ENODEV.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         if self.want_passthrough {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {
@@ -299,9 +300,12 @@ impl Filesystem for FuseAdapter {
                 fs.passthrough_opened(o.fh);
                 return;
             }
-            let cached_opens = modes.cached_opens(ino.0);
+            // Not beside any other open: a page-cached one, or a direct_io one that was
+            // mmap()ed with MAP_SHARED, puts the inode in caching mode, and the kernel then
+            // fails a passthrough open of it with EIO.
+            let other_opens = modes.other_opens(ino.0);
             if let Some(file) = o.cache_file.as_ref().filter(|_| {
-                pt_on.load(Ordering::Relaxed) && cached_opens == 0 && !o.direct_io
+                pt_on.load(Ordering::Relaxed) && other_opens == 0 && !o.direct_io
             }) {
                 match reply.open_backing(file.as_ref()) {
                     Ok(id) => {

@@ -593,7 +593,10 @@ async fn an_empty_object_reads_empty_whether_the_range_gets_416_or_200() {
     for ignore_range in [false, true] {
         let env = Env::new();
         env.server.put("bkt", "empty", Vec::new());
-        env.server.faults.ignore_range.store(ignore_range, Ordering::SeqCst);
+        env.server
+            .faults
+            .ignore_range
+            .store(ignore_range, Ordering::SeqCst);
         let cache = env.cache(env.cache_config()).await;
         for _ in 0..2 {
             let h = cache.open_object("bkt", "empty", None).await.expect("open");

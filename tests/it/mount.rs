@@ -1129,6 +1129,50 @@ fn many_open_handles_of_a_cached_file_and_o_direct_beside_them() {
     assert_eq!(stat_u64(&m, "errors"), 0);
 }
 
+/// numpy.memmap, safetensors and Python's mmap map files MAP_SHARED. A file still
+/// downloading is opened direct_io (with passthrough on), which the kernel maps only when
+/// asked to allow it; and while such a map lives, the inode is in caching mode, where a
+/// passthrough open would fail with EIO.
+#[test]
+fn a_shared_mmap_works_while_downloading_and_opens_beside_it_still_work() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let data = pattern(81, 3 << 20);
+    env.server.put("bkt", "weights.bin", data.clone());
+    let m = Mount::start(&env, &[]);
+    let mapped = std::fs::File::open(m.p("bkt/weights.bin")).expect("open cold");
+    // SAFETY: a fresh read-only mapping of the whole file, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            data.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            mapped.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is data.len() bytes long and lives until munmap below.
+    let view = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), data.len()) };
+    assert!(view == &data[..], "the mapping shows the object");
+    wait_settled(&m);
+    // Complete now, and opened again while the map lives.
+    let beside = std::fs::read(m.p("bkt/weights.bin")).expect("an open beside the map");
+    assert!(beside == data);
+    // SAFETY: unmapping what was mapped above.
+    assert_eq!(unsafe { libc::munmap(ptr, data.len()) }, 0);
+    drop(mapped);
+    assert!(std::fs::read(m.p("bkt/weights.bin")).expect("read") == data);
+    assert_eq!(stat_u64(&m, "passthrough_opens"), 1, "{}", m.stats());
+    assert_eq!(stat_u64(&m, "errors"), 0);
+}
+
 #[test]
 fn the_mount_is_private_unless_allow_other() {
     let env = Env::new();
