@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
 
@@ -90,7 +91,7 @@ pub struct S3Args {
     #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
     pub endpoint_url: Option<String>,
     /// Address buckets as http://host/bucket (most S3-compatible servers need this)
-    #[arg(long, env = "S3CACHEFS_FORCE_PATH_STYLE")]
+    #[arg(long, env = "S3CACHEFS_FORCE_PATH_STYLE", value_parser = BoolishValueParser::new())]
     pub force_path_style: bool,
     /// Attempts per S3 request, with capped exponential backoff and jitter [default: 5]
     #[arg(long, env = "S3CACHEFS_MAX_ATTEMPTS", value_name = "N")]
@@ -364,10 +365,10 @@ pub struct MountArgs {
     pub metadata_ttl: Option<String>,
 
     /// Stay attached to the terminal (default: return once the mount is live)
-    #[arg(short, long, env = "S3CACHEFS_FOREGROUND", help_heading = "Mount")]
+    #[arg(short, long, env = "S3CACHEFS_FOREGROUND", help_heading = "Mount", value_parser = BoolishValueParser::new())]
     pub foreground: bool,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)
-    #[arg(long, env = "S3CACHEFS_ALLOW_OTHER", help_heading = "Mount")]
+    #[arg(long, env = "S3CACHEFS_ALLOW_OTHER", help_heading = "Mount", value_parser = BoolishValueParser::new())]
     pub allow_other: bool,
     /// Owner shown for files and directories [default: your uid]
     #[arg(

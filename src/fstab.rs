@@ -59,6 +59,10 @@ const OPTIONS: &[(&str, Arg, &str)] = &[
     ("dir_mode", Arg::Value, "--dir-mode"),
     ("fuse_threads", Arg::Value, "--fuse-threads"),
     ("readahead_files", Arg::Value, "--readahead-files"),
+    ("part_size_mb", Arg::Value, "--part-size-mb"),
+    ("fill_concurrency", Arg::Value, "--fill-concurrency"),
+    ("read_timeout", Arg::Value, "--read-timeout"),
+    ("passthrough", Arg::Value, "--passthrough"),
     ("log_file", Arg::Value, "--log-file"),
     ("verbose", Arg::Flag, "-v"),
 ];
@@ -269,6 +273,33 @@ mod tests {
                 "-v",
             ]
         );
+    }
+
+    /// Every `mount` flag has its option, but the ones fstab says another way: the
+    /// bucket is the DEVICE, and mount(8) waits for the helper (no --foreground).
+    #[test]
+    fn every_mount_flag_has_an_option() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let mount = cli.find_subcommand("mount").expect("mount subcommand");
+        for arg in mount.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["help", "bucket", "foreground"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert!(
+                OPTIONS
+                    .iter()
+                    .any(|(_, _, f)| *f == flag || (long == "verbose" && *f == "-v")),
+                "{flag} has no fstab option"
+            );
+            let option = long.replace('-', "_");
+            assert!(
+                OPTIONS.iter().any(|(o, _, _)| *o == option),
+                "{flag}: its option is not {option}"
+            );
+        }
     }
 
     #[test]

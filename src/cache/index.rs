@@ -63,10 +63,11 @@ impl Index {
         rows.sort_by_key(|(_, e)| e.seq);
         let mut index = Index::new(max_size, max_entries);
         for (k, e) in rows {
-            index.next_seq = index.next_seq.max(e.seq + 1);
-            index.total_size += e.size;
+            // Saturating: the rows come from a file on disk, which may be damaged.
+            index.next_seq = index.next_seq.max(e.seq.saturating_add(1));
+            index.total_size = index.total_size.saturating_add(e.size);
             if let Some(old) = index.lru.put(k, e) {
-                index.total_size -= old.size;
+                index.total_size = index.total_size.saturating_sub(old.size);
             }
         }
         index

@@ -366,6 +366,10 @@ impl S3Fs {
             "a segment longer than 255 bytes"
         } else if name.contains('\0') {
             "a NUL byte"
+        } else if name.contains('/') {
+            // Only from a server that ignored the delimiter: the kernel would fail the
+            // whole directory's listing on it.
+            "a '/' within a name"
         } else {
             return true;
         };

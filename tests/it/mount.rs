@@ -541,6 +541,9 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
     let (code, err) = mount_fails(&env, &mp, &[], &[("CACHE_ENABLED", "perhaps")]);
     assert_eq!(code, 2);
     assert!(err.contains("CACHE_ENABLED"), "{err}");
+    let (code, err) = mount_fails(&env, &mp, &[], &[("S3CACHEFS_ALLOW_OTHER", "perhaps")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--allow-other"), "{err}");
 
     let (code, err) = mount_fails(&env, &env.tmp.path().join("missing"), &[], &[]);
     assert_eq!(code, 1);
