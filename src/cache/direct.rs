@@ -8,8 +8,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tracing::debug;
 
 use super::stats::{Stats, add};
 use crate::store::{ByteStream, ObjectStore, StoreError};
@@ -17,6 +20,10 @@ use crate::store::{ByteStream, ObjectStore, StoreError};
 /// Bytes kept behind the newest read, and how far ahead a read may be and still be
 /// served by reading on in the same stream.
 const WINDOW: u64 = 8 << 20;
+
+/// Times a body cut off (or silent) within one read is asked for again from the last byte
+/// received, on top of the SDK's own retries of each request.
+const RESUMES: u32 = 3;
 
 pub(crate) struct DirectReader {
     store: Arc<dyn ObjectStore>,
@@ -61,57 +68,58 @@ impl DirectReader {
         }
     }
 
+    /// Reads `offset..offset+len` (fewer bytes only at the end of the object) within
+    /// `read_timeout`, resuming a body that is cut off or goes silent.
     pub(crate) async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
         let end = self.size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Bytes::new());
         }
+        let deadline = Instant::now() + self.read_timeout;
         let mut w = self.win.lock().await;
         let stream_pos = w.base + w.buffered;
         if w.stream.is_none() && stream_pos < end || offset < w.base || offset > stream_pos + WINDOW
         {
             // Start a new stream here (first read, a seek, or a read behind the window).
-            let if_match = (!self.etag.is_empty()).then_some(self.etag.as_str());
-            let got = self
-                .store
-                .get_range(&self.bucket, &self.key, Some(offset..self.size), if_match)
-                .await?;
             *w = Window {
                 base: offset,
-                stream: Some(got.body),
                 ..Window::default()
             };
         }
+        let mut resumes = 0;
         while w.base + w.buffered < end {
+            let pos = w.base + w.buffered;
+            if w.stream.is_none() {
+                let got = self.get_from(pos, deadline).await?;
+                w.stream = Some(got);
+            }
             let Some(stream) = w.stream.as_mut() else {
-                return Err(StoreError::Transient("stream ended early".into()));
+                continue;
             };
-            let next = tokio::time::timeout(self.read_timeout, stream.next()).await;
-            match next {
+            let failure = match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     add(&self.stats.bytes_from_s3, chunk.len() as u64);
                     w.buffered += chunk.len() as u64;
                     w.chunks.push_back(chunk);
+                    continue;
                 }
-                Ok(Some(Err(e))) => {
-                    w.stream = None;
-                    return Err(e);
-                }
-                Ok(None) => {
-                    w.stream = None;
-                    return Err(StoreError::Transient(format!(
-                        "s3://{}/{}: body ended before byte {end}",
-                        self.bucket, self.key
-                    )));
-                }
-                Err(_) => {
-                    w.stream = None;
-                    return Err(StoreError::Transient(format!(
-                        "s3://{}/{}: no data for {:?}",
-                        self.bucket, self.key, self.read_timeout
-                    )));
-                }
+                Ok(Some(Err(e))) => e,
+                Ok(None) => StoreError::Transient(format!(
+                    "s3://{}/{}: body ended at byte {pos}, before byte {end}",
+                    self.bucket, self.key
+                )),
+                Err(_) => StoreError::Transient(format!(
+                    "s3://{}/{}: no bytes from {pos} within {:?}",
+                    self.bucket, self.key, self.read_timeout
+                )),
+            };
+            w.stream = None;
+            if !failure.is_transient() || resumes >= RESUMES || Instant::now() >= deadline {
+                return Err(failure);
             }
+            resumes += 1;
+            debug!(url = %format!("s3://{}/{}", self.bucket, self.key), pos, error = %failure,
+                "body cut off; resuming");
         }
         let out = copy_out(&w, offset, end);
         // Keep at most WINDOW bytes behind the end of this read.
@@ -126,6 +134,23 @@ impl DirectReader {
             }
         }
         Ok(out)
+    }
+}
+
+impl DirectReader {
+    /// A GET of the rest of the object from `pos`, of this version only, by `deadline`.
+    async fn get_from(&self, pos: u64, deadline: Instant) -> Result<ByteStream, StoreError> {
+        let if_match = (!self.etag.is_empty()).then_some(self.etag.as_str());
+        let get = self
+            .store
+            .get_range(&self.bucket, &self.key, Some(pos..self.size), if_match);
+        match tokio::time::timeout_at(deadline, get).await {
+            Ok(got) => Ok(got?.body),
+            Err(_) => Err(StoreError::Transient(format!(
+                "s3://{}/{}: no answer within {:?}",
+                self.bucket, self.key, self.read_timeout
+            ))),
+        }
     }
 }
 

@@ -35,7 +35,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
@@ -223,24 +222,21 @@ impl ObjectHandle {
         }
     }
 
+    /// One read straight from S3, of this handle's version: what a read falls back to when
+    /// the fill cannot serve it. Within the read timeout, resumed if cut off, and whole.
     async fn read_s3_once(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
         let end = self.size.min(offset.saturating_add(len as u64));
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let got = self
-            .inner
-            .store
-            .get_range(&self.bucket, &self.key, Some(offset..end), Some(&self.etag))
-            .await?;
-        let mut buf = Vec::with_capacity((end - offset) as usize);
-        let mut body = got.body;
-        while let Some(chunk) = body.next().await {
-            buf.extend_from_slice(&chunk?);
-        }
-        add(&self.inner.stats.bytes_from_s3, buf.len() as u64);
-        buf.truncate((end - offset) as usize);
-        Ok(Bytes::from(buf))
+        // A reader of this range only: its GETs ask for no more than the read wants.
+        let reader = DirectReader::new(
+            self.inner.store.clone(),
+            self.inner.stats.clone(),
+            &self.bucket,
+            &self.key,
+            &self.etag,
+            end,
+            self.inner.cfg.read_timeout,
+        );
+        Ok(reader.read(offset, len).await?)
     }
 }
 
