@@ -75,8 +75,9 @@ impl DirectReader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let deadline = Instant::now() + self.read_timeout;
         let mut w = self.win.lock().await;
+        // From here: a read queued behind another on this handle gets its own full time.
+        let deadline = Instant::now() + self.read_timeout;
         let stream_pos = w.base + w.buffered;
         if w.stream.is_none() && stream_pos < end || offset < w.base || offset > stream_pos + WINDOW
         {
@@ -89,14 +90,18 @@ impl DirectReader {
         let mut resumes = 0;
         while w.base + w.buffered < end {
             let pos = w.base + w.buffered;
-            if w.stream.is_none() {
-                let got = self.get_from(pos, deadline).await?;
-                w.stream = Some(got);
-            }
-            let Some(stream) = w.stream.as_mut() else {
-                continue;
+            let next = match w.stream.as_mut() {
+                Some(stream) => tokio::time::timeout_at(deadline, stream.next()).await,
+                None => match self.get_from(pos, deadline).await {
+                    Ok(body) => {
+                        w.stream = Some(body);
+                        continue;
+                    }
+                    // Counted as one more resume below, like a body cut off.
+                    Err(e) => Ok(Some(Err(e))),
+                },
             };
-            let failure = match tokio::time::timeout_at(deadline, stream.next()).await {
+            let failure = match next {
                 Ok(Some(Ok(chunk))) => {
                     add(&self.stats.bytes_from_s3, chunk.len() as u64);
                     w.buffered += chunk.len() as u64;

@@ -174,9 +174,14 @@ impl InodeTable {
                 // (a version an open found has none until it is listed).
                 let changed = old.size != meta.size
                     || match (&old.etag, &meta.etag) {
-                        (Some(a), Some(b)) => a != b,
+                        (Some(a), Some(b)) => !same_etag(a, b),
                         _ => old.last_modified.is_some() && old.last_modified != meta.last_modified,
                     };
+                if changed && *old_learned > learned {
+                    // S3 told an open about this version after the listing was asked
+                    // for: the listing is the older news.
+                    return ino;
+                }
                 if !changed {
                     // Listings from some servers carry no ETag: keep the one we know, but
                     // do not count it as confirmed now.
@@ -384,7 +389,8 @@ impl InodeTable {
         else {
             return false;
         };
-        let changed = meta.size != size || meta.etag.as_deref().is_some_and(|e| e != etag);
+        let changed =
+            meta.size != size || meta.etag.as_deref().is_some_and(|e| !same_etag(e, etag));
         if !changed {
             meta.etag = Some(etag.to_string());
             if let Some(at) = confirmed {
@@ -392,13 +398,16 @@ impl InodeTable {
             }
             return true;
         }
+        // Unconfirmed (the cached copy served while S3 could not be asked): no fresher
+        // than what it replaces, so the next open asks S3 again.
+        let learned = confirmed.unwrap_or(*learned);
         let (parent, bucket, key) = (*parent, bucket.clone(), key.clone());
         let name = key.rsplit('/').next().unwrap_or(&key).to_string();
         let meta = ObjectMeta {
             key: key.clone(),
             size,
             etag: Some(etag.to_string()),
-            // Not known until the next listing (the mount time stands in until then).
+            // Not known until the next listing; the node's time stands in (below).
             last_modified: None,
         };
         let k = (parent, name.clone(), false);
@@ -406,14 +415,43 @@ impl InodeTable {
             self.by_name.remove(&k);
         }
         self.retire(ino);
-        self.file_child(
-            parent,
-            &name,
-            bucket,
-            meta,
-            confirmed.unwrap_or_else(Instant::now),
-        );
+        let new = self.file_child(parent, &name, bucket, meta, learned);
+        if let Some(n) = self.nodes.get_mut(&new) {
+            // Found just now: newer than the version it replaces, unlike the mount time.
+            n.mtime = SystemTime::now();
+        }
+        // The directory's listing leads to the new inode too (read-ahead finds it there,
+        // and forgetting the directory retires it).
+        if let Some(Node {
+            data:
+                NodeData::Dir {
+                    children: Some((_, entries)),
+                    ..
+                },
+            ..
+        }) = self.nodes.get_mut(&parent)
+            && let Some(e) = Arc::make_mut(entries).iter_mut().find(|e| e.ino == ino)
+        {
+            e.ino = new;
+        }
         false
+    }
+
+    /// Like `found_version`, for an inode the kernel keeps coming back to whatever the
+    /// lookup says (see `S3Fs::refuse_stale`): it takes the version in place, as the
+    /// only way the kernel will see it.
+    pub fn adopt_version(&mut self, ino: u64, etag: &str, size: u64, confirmed: Option<Instant>) {
+        if let Some(Node {
+            data: NodeData::File { meta, learned, .. },
+            ..
+        }) = self.nodes.get_mut(&ino)
+        {
+            meta.size = size;
+            meta.etag = Some(etag.to_string());
+            if let Some(at) = confirmed {
+                *learned = at;
+            }
+        }
     }
 
     /// Records that the kernel opened `ino` at version `etag`. Returns whether it may keep
@@ -430,6 +468,11 @@ impl InodeTable {
         *kernel_etag = cached.then(|| etag.to_string());
         keep
     }
+}
+
+/// ETags as the same version, however a server quotes them.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
 }
 
 #[cfg(test)]
@@ -598,6 +641,41 @@ mod tests {
         assert_eq!(t.file_child(ROOT_INO, "f", "b".into(), m, now), v2);
         t.forget(v1, 1);
         assert!(t.get(v1).is_none());
+    }
+
+    #[test]
+    fn a_version_found_by_an_open_takes_its_place_in_the_listing() {
+        let mut t = table();
+        let v1 = list(&mut t, ROOT_INO, &[("f", "1"), ("g", "1")])[0];
+        let listed = learned_at(&t, v1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The cached copy served while S3 could not be asked: no fresher than before.
+        assert!(!t.found_version(v1, "\"0\"", 1, None));
+        let v0 = t.child_named(ROOT_INO, "f", Kind::File).expect("the name");
+        assert_eq!(learned_at(&t, v0), listed);
+        let Some(NodeData::Dir {
+            children: Some((_, entries)),
+            ..
+        }) = t.get(ROOT_INO).map(|n| &n.data)
+        else {
+            panic!("root listing")
+        };
+        assert_eq!(entries[0].ino, v0, "the listing leads to the new inode");
+        assert!(t.get(v0).is_some_and(|n| n.mtime > t.mounted_at));
+        // Quoted or not, the same ETag is the same version.
+        assert!(t.found_version(v0, "0", 1, None));
+    }
+
+    #[test]
+    fn a_listing_older_than_what_an_open_learned_does_not_undo_it() {
+        let mut t = table();
+        let asked = Instant::now();
+        let v1 = list(&mut t, ROOT_INO, &[("f", "1")])[0];
+        assert!(!t.found_version(v1, "2", 1, Some(Instant::now())));
+        let v2 = t.child_named(ROOT_INO, "f", Kind::File).expect("the name");
+        // A listing asked for before that open's answer, still saying "1".
+        let kept = t.file_child(ROOT_INO, "f", "b".into(), meta("f", "1"), asked);
+        assert_eq!(kept, v2);
     }
 
     #[test]

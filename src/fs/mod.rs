@@ -85,7 +85,12 @@ pub struct S3Fs {
     next_fh: AtomicU64,
     /// Keys already warned about, so each odd key is reported once.
     warned: Mutex<HashSet<String>>,
+    /// Inodes an open was refused with ESTALE, and when (see `refuse_stale`).
+    refused: Mutex<HashMap<u64, Instant>>,
 }
+
+/// How soon after an ESTALE an open of the same inode counts as the kernel's retry.
+const RETRY_WINDOW: Duration = Duration::from_secs(1);
 
 impl S3Fs {
     pub fn new(cfg: FsConfig, cache: Cache) -> S3Fs {
@@ -98,6 +103,7 @@ impl S3Fs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             warned: Mutex::new(HashSet::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -450,13 +456,15 @@ impl S3Fs {
                 cache_file: None,
             });
         }
-        let (bucket, key, known) = {
+        let started = Instant::now();
+        let (bucket, key, known, pinned) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(ino).ok_or(FsError::NotFound)?;
-            if !inodes.is_current(ino) {
-                // The name stands for a newer version now. ESTALE makes the kernel look
-                // the path up again (LOOKUP_REVAL) and retry the open once, on the new
-                // inode.
+            // The name stands for a newer version now. ESTALE makes the kernel look the
+            // path up again (LOOKUP_REVAL) and retry the open once, on the new inode;
+            // an inode the retry cannot get away from is "pinned" (see `refuse_stale`).
+            let pinned = !inodes.is_current(ino) && !self.refuse_stale(ino);
+            if !inodes.is_current(ino) && !pinned {
                 return Err(FsError::Stale);
             }
             match &node.data {
@@ -468,12 +476,13 @@ impl S3Fs {
                     learned,
                     ..
                 } => {
-                    let known = (meta.etag.is_some() && self.fresh(*learned)).then(|| meta.clone());
-                    (bucket.clone(), key.clone(), known)
+                    let known = (meta.etag.is_some() && self.fresh(*learned) && !pinned)
+                        .then(|| meta.clone());
+                    (bucket.clone(), key.clone(), known, pinned)
                 }
             }
         };
-        let trusted = known.is_some();
+        let known_etag = known.as_ref().and_then(|m| m.etag.clone());
         let handle = if direct {
             self.cache.open_uncached(&bucket, &key).await
         } else {
@@ -493,12 +502,20 @@ impl S3Fs {
             }
         };
         debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
-        let confirmed = (!trusted && handle.outcome != Outcome::StaleHit).then(Instant::now);
+        // S3 said which version this is, unless the open trusted what was known and got
+        // just that, or could not ask (a transient failure served the cached copy).
+        let from_s3 = handle.outcome != Outcome::StaleHit
+            && known_etag.as_deref() != Some(handle.etag.as_str());
+        let confirmed = from_s3.then_some(started);
         let keep_cache = {
             let mut inodes = self.inodes.lock();
-            if !inodes.found_version(ino, &handle.etag, handle.size, confirmed) {
+            if pinned {
+                inodes.adopt_version(ino, &handle.etag, handle.size, confirmed);
+            } else if !inodes.found_version(ino, &handle.etag, handle.size, confirmed) {
                 debug!(url = %crate::cache::s3_url(&bucket, &key), etag = %handle.etag,
                     "a new version: the kernel must look the name up again");
+                drop(inodes);
+                self.refuse_stale(ino);
                 return Err(FsError::Stale);
             }
             inodes.note_opened(ino, &handle.etag, handle.file().is_some())
@@ -514,6 +531,26 @@ impl S3Fs {
             self.read_ahead_after(ino);
         }
         Ok(opened)
+    }
+
+    /// Records that an open of `ino` is answered ESTALE, and returns true; but returns
+    /// false if it was answered so within [`RETRY_WINDOW`], for then this open is the
+    /// kernel's retry and it came back to the same inode: the path leads to it whatever
+    /// the lookup says (a file bind-mounted on its own, a reopen through /proc/self/fd).
+    /// Such an inode is opened at the current version instead of failing every time.
+    fn refuse_stale(&self, ino: u64) -> bool {
+        let now = Instant::now();
+        let mut refused = self.refused.lock();
+        refused.retain(|_, at| now.duration_since(*at) < RETRY_WINDOW);
+        if refused.remove(&ino).is_some() {
+            debug!(
+                ino,
+                "the retry came back to the same inode: opening it anyway"
+            );
+            return false;
+        }
+        refused.insert(ino, now);
+        true
     }
 
     /// Directory read-ahead (see `readahead.rs`): starts downloads of the small files

@@ -346,6 +346,45 @@ fn a_new_version_found_by_an_open_is_a_new_file_to_the_kernel() {
     }
 }
 
+/// A file bind-mounted on its own (`docker -v /mnt/s3/cfg.yaml:/etc/cfg.yaml`) is an inode
+/// the kernel reaches without a lookup, so the ESTALE retry comes back to it: it must
+/// open at the new version, not fail every time.
+#[test]
+fn a_file_bind_mounted_on_its_own_opens_after_the_object_changes() {
+    let env = Env::new();
+    let v1 = pattern(22, 100_000);
+    let v2 = pattern(23, 100_000);
+    env.server.put("bkt", "cfg", v1.clone());
+    let m = Mount::start(&env, &["--metadata-ttl", "1"]);
+    assert!(std::fs::read(m.p("bkt/cfg")).expect("read v1") == v1);
+    wait_settled(&m);
+    let target = env.tmp.path().join("cfg-bound");
+    std::fs::write(&target, b"").expect("bind target");
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(m.p("bkt/cfg"))
+        .arg(&target)
+        .status()
+        .expect("mount --bind");
+    assert!(bound.success());
+    struct Unbind<'a>(&'a Path);
+    impl Drop for Unbind<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unbind = Unbind(&target);
+    assert!(std::fs::read(&target).expect("read through the bind") == v1);
+    env.server.put("bkt", "cfg", v2.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        let got = std::fs::read(&target).expect("open through the bind after the change");
+        assert!(got == v2, "the bind shows the new version");
+    }
+    assert!(std::fs::read(m.p("bkt/cfg")).expect("read by name") == v2);
+    assert_eq!(stat_u64(&m, "errors"), 0, "{}", m.stats());
+}
+
 #[test]
 fn deleted_object_is_enoent_and_writes_are_erofs() {
     let env = Env::new();
