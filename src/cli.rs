@@ -446,60 +446,62 @@ impl Raw<'_> {
         }
     }
 
-    fn u64_in(
+    /// `value` parsed by `parse` (told where it came from, for its errors), or `default`.
+    fn or_default<T>(
         &self,
         value: &Option<String>,
         (id, env): (&str, &str),
+        default: T,
+        parse: impl FnOnce(&Origin, &str) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) => parse(&self.origin(id, env), v),
+            None => Ok(default),
+        }
+    }
+
+    fn u64_in(
+        &self,
+        value: &Option<String>,
+        names: (&str, &str),
         range: RangeInclusive<u64>,
         unit: &str,
         default: u64,
     ) -> Result<u64, ConfigError> {
-        match value {
-            Some(v) => {
-                config::parse_u64_in(&self.origin(id, env), v, *range.start(), *range.end(), unit)
-            }
-            None => Ok(default),
-        }
+        self.or_default(value, names, default, |o, v| {
+            config::parse_u64_in(o, v, *range.start(), *range.end(), unit)
+        })
     }
 
     fn f64_in(
         &self,
         value: &Option<String>,
-        (id, env): (&str, &str),
+        names: (&str, &str),
         range: RangeInclusive<f64>,
         unit: &str,
         default: f64,
     ) -> Result<f64, ConfigError> {
-        match value {
-            Some(v) => {
-                config::parse_f64_in(&self.origin(id, env), v, *range.start(), *range.end(), unit)
-            }
-            None => Ok(default),
-        }
+        self.or_default(value, names, default, |o, v| {
+            config::parse_f64_in(o, v, *range.start(), *range.end(), unit)
+        })
     }
 
     fn bool(
         &self,
         value: &Option<String>,
-        (id, env): (&str, &str),
+        names: (&str, &str),
         default: bool,
     ) -> Result<bool, ConfigError> {
-        match value {
-            Some(v) => config::parse_bool(&self.origin(id, env), v),
-            None => Ok(default),
-        }
+        self.or_default(value, names, default, config::parse_bool)
     }
 
     fn mode(
         &self,
         value: &Option<String>,
-        (id, env): (&str, &str),
+        names: (&str, &str),
         default: u16,
     ) -> Result<u16, ConfigError> {
-        match value {
-            Some(v) => config::parse_mode(&self.origin(id, env), v),
-            None => Ok(default),
-        }
+        self.or_default(value, names, default, config::parse_mode)
     }
 }
 
