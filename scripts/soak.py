@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import http.client
 import re
 import sys
 import threading
@@ -92,12 +93,13 @@ class Histogram:
 
 
 class Reader(threading.Thread):
-    def __init__(self, n, args, objects, src_fds, deadline):
+    def __init__(self, n, args, objects, versions, deadline):
         super().__init__(name=f"reader-{n}", daemon=True)
         self.rng = random.Random(args.seed * 1000 + n)
         self.args = args
         self.objects = objects
-        self.src_fds = src_fds
+        # name -> fds of every version the object has had, oldest first (see Writer).
+        self.versions = versions
         self.deadline = deadline
         self.reads = 0
         self.opens = 0
@@ -106,6 +108,7 @@ class Reader(threading.Thread):
         self.wrong_reads = 0
         self.wrong_bytes = 0
         self.wrong_examples = []
+        self.newer_opens = 0  # opens whose reads matched only versions after the first
         self.lat = Histogram()
         self.slow = 0  # reads longer than the mount's read timeout + 5 s
         self.busy_since = None  # start of the operation under way (hang detection)
@@ -116,9 +119,16 @@ class Reader(threading.Thread):
         k = f"{op} {name}"
         self.errors[k] = self.errors.get(k, 0) + 1
 
-    def check(self, name, off, ln, got, want):
-        if got == want:
+    def check(self, name, off, ln, got, candidates):
+        """`candidates`: the versions this open may still be reading. A read must match
+        one of them; those it does not match are dropped, so one open never mixes two."""
+        fds = self.versions[name]
+        wants = {v: os.pread(fds[v], ln, off) for v in candidates}
+        left = {v for v, want in wants.items() if got == want}
+        if left:
+            candidates &= left
             return
+        want = wants[max(candidates)]
         n = min(len(got), len(want))
         diff = sum(1 for i in range(n) if got[i] != want[i])
         self.wrong_reads += 1
@@ -156,6 +166,7 @@ class Reader(threading.Thread):
                 continue
             self.busy_since = None
             self.opens += 1
+            candidates = set(range(len(self.versions[name])))
             try:
                 if rng.random() < a.whole_file_share:
                     # Now and then the whole object in order, as a copy would.
@@ -176,9 +187,55 @@ class Reader(threading.Thread):
                         continue
                     self.reads += 1
                     self.bytes += len(got)
-                    self.check(name, off, ln, got, os.pread(self.src_fds[name], ln, off))
+                    self.check(name, off, ln, got, candidates)
             finally:
                 os.close(fd)
+                if candidates and 0 not in candidates:
+                    self.newer_opens += 1
+
+
+class Writer(threading.Thread):
+    """Replaces a random object with a new version every `every` seconds, through the
+    server (a PUT), keeping each version's bytes so the readers can check theirs."""
+
+    def __init__(self, args, objects, versions, deadline):
+        super().__init__(name="writer", daemon=True)
+        self.rng = random.Random(args.seed * 1000 + 999)
+        self.args = args
+        self.objects = objects
+        self.versions = versions
+        self.deadline = deadline
+        self.done = 0
+        self.failed = 0
+        os.makedirs(args.versions_dir, exist_ok=True)
+
+    def run(self):
+        a = self.args
+        host, port = a.endpoint.split("//", 1)[1].split(":")
+        while time.monotonic() + a.overwrite_every < self.deadline:
+            time.sleep(a.overwrite_every)
+            name, size = self.rng.choice(self.objects)
+            k = len(self.versions[name])
+            path = os.path.join(a.versions_dir, f"{name}.v{k}")
+            data = os.urandom(max(1, int(size * self.rng.uniform(0.5, 1.5))))
+            with open(path, "wb") as f:
+                f.write(data)
+            # Known before S3 has it: a reader may meet it as soon as the PUT lands.
+            self.versions[name].append(os.open(path, os.O_RDONLY))
+            for _ in range(10):  # the server injects faults into PUTs too
+                try:
+                    c = http.client.HTTPConnection(host, int(port), timeout=30)
+                    c.request("PUT", f"/{a.bucket}/{name}", body=data)
+                    ok = c.getresponse().status == 200
+                    c.close()
+                except OSError:
+                    ok = False
+                if ok:
+                    self.done += 1
+                    break
+                time.sleep(0.2)
+            else:
+                self.failed += 1
 
 
 def vm_kib(pid, field):
@@ -329,9 +386,13 @@ def run(a):
     )
     if not objects:
         sys.exit(f"soak.py: no objects in {a.src}")
-    src_fds = {n: os.open(os.path.join(a.src, n), os.O_RDONLY) for n, _ in objects}
+    # The server replaces a file by renaming a new one over it: these stay the first versions.
+    versions = {n: [os.open(os.path.join(a.src, n), os.O_RDONLY)] for n, _ in objects}
     deadline = time.monotonic() + a.duration
-    readers = [Reader(i, a, objects, src_fds, deadline) for i in range(a.threads)]
+    readers = [Reader(i, a, objects, versions, deadline) for i in range(a.threads)]
+    writer = Writer(a, objects, versions, deadline) if a.overwrite_every > 0 else None
+    if writer:
+        writer.start()
     mon = Monitor(a, readers)
     t0 = time.monotonic()
     for r in readers:
@@ -409,6 +470,11 @@ def run(a):
     print(f"    read latency          p50 <= {p(lat.quantile(0.5))}, p99 <= {p(lat.quantile(0.99))}, "
           f"max {p(lat.max)}; {slow} over read-timeout + 5 s")
     print(f"    errors returned       {n_errors}" + (f"  {dict(sorted(errors.items()))}" if errors else ""))
+    if writer:
+        newer = sum(r.newer_opens for r in readers)
+        print(f"    overwrites            {writer.done} new versions put ({writer.failed} PUTs given up), "
+              f"{newer} opens read a later version; a read may fail on a version no longer "
+              "anywhere (ESTALE/EIO), never return wrong bytes")
     print(f"    wrong bytes           {wrong_bytes} (in {wrong_reads} reads)")
     for e in examples:
         print(f"        {e}")
@@ -485,6 +551,11 @@ def main():
     ap.add_argument("--whole-file-share", type=float, default=0.05,
                     help="share of opens that read the whole object in order")
     ap.add_argument("--progress-every", type=float, default=10)
+    ap.add_argument("--overwrite-every", type=float, default=0,
+                    help="replace a random object with a new version this often (seconds; 0: never)")
+    ap.add_argument("--endpoint", default="", help="the server, for the overwrites")
+    ap.add_argument("--bucket", default="")
+    ap.add_argument("--versions-dir", default="", help="where each new version's bytes are kept")
     a = ap.parse_args()
     rc = run(a)
     sys.stdout.flush()

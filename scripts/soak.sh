@@ -32,6 +32,8 @@ usage: scripts/soak.sh [options]
   --seed N               seed of the objects, the readers and the faults (default: random)
   --fault-interval-ms MS how often the server changes the fault it injects (default 3000)
   --no-faults            no fault injection
+  --overwrite-every S    replace a random object with a new version (a PUT) every S seconds;
+                         each open must read one version whole (default 0: never)
   --no-passthrough       mount with --passthrough false (reads of cached files go through
                          s3cachefs instead of the kernel reading the cache file directly)
   --work-dir DIR         where objects, cache, mountpoint and logs go (default: new dir in /var/tmp)
@@ -57,6 +59,7 @@ SEED=
 FAULT_INTERVAL_MS=3000
 FAULTS=1
 PASSTHROUGH=true
+OVERWRITE_EVERY=0
 WORK=
 KEEP=0
 BUILD=1
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
         --seed) SEED=$(num "$1" "${2:-}"); shift 2 ;;
         --fault-interval-ms) FAULT_INTERVAL_MS=$(num "$1" "${2:-}"); shift 2 ;;
         --no-faults) FAULTS=0; shift ;;
+        --overwrite-every) OVERWRITE_EVERY=$(num "$1" "${2:-}"); shift 2 ;;
         --no-passthrough) PASSTHROUGH=false; shift ;;
         --work-dir) WORK=${2:?--work-dir needs a directory}; shift 2 ;;
         --keep) KEEP=1; shift ;;
@@ -228,7 +232,9 @@ python3 "$REPO/scripts/soak.py" run \
     --server-log "$LOGS/server.log" --mount-log "$LOGS/s3cachefs.log" \
     --duration "$DURATION" --threads "$THREADS" --seed "$SEED" \
     --read-timeout "$READ_TIMEOUT" \
-    --max-size-mb "$MAX_SIZE_MB" --max-entries "$MAX_ENTRIES" &
+    --max-size-mb "$MAX_SIZE_MB" --max-entries "$MAX_ENTRIES" \
+    --overwrite-every "$OVERWRITE_EVERY" --endpoint "$ENDPOINT" --bucket "$BUCKET" \
+    --versions-dir "$WORK/versions" &
 SOAK_PID=$!
 rc=0
 wait "$SOAK_PID" || rc=$?
