@@ -140,9 +140,7 @@ impl DirectReader {
         }
         Ok(out)
     }
-}
 
-impl DirectReader {
     /// A GET of the rest of the object from `pos`, of this version only, by `deadline`.
     async fn get_from(&self, pos: u64, deadline: Instant) -> Result<ByteStream, StoreError> {
         let if_match = (!self.etag.is_empty()).then_some(self.etag.as_str());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Source;
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, same_etag};
 
 use super::{DirEntry, ROOT_INO};
 
@@ -195,8 +195,7 @@ impl InodeTable {
                     return ino;
                 }
             }
-            self.by_name.remove(&(parent, name.to_string(), false));
-            self.retire(ino);
+            self.unname(parent, name, Kind::File, ino);
             return self.file_child(parent, name, bucket, meta, learned);
         }
         let key = meta.key.clone();
@@ -285,12 +284,17 @@ impl InodeTable {
     /// `entries` of `dir` are no longer listed: their names are free for new inodes.
     fn drop_listing(&mut self, dir: u64, entries: &[DirEntry]) {
         for e in entries {
-            let k = (dir, e.name.clone(), e.kind == Kind::Dir);
-            if self.by_name.get(&k) == Some(&e.ino) {
-                self.by_name.remove(&k);
-            }
-            self.retire(e.ino);
+            self.unname(dir, &e.name, e.kind, e.ino);
         }
+    }
+
+    /// `name` in `dir` no longer stands for `ino` (if it still did), and `ino` is retired.
+    fn unname(&mut self, dir: u64, name: &str, kind: Kind, ino: u64) {
+        let k = (dir, name.to_string(), kind == Kind::Dir);
+        if self.by_name.get(&k) == Some(&ino) {
+            self.by_name.remove(&k);
+        }
+        self.retire(ino);
     }
 
     /// `ino` can no longer be reached by name: dropped now if the kernel does not hold it,
@@ -410,11 +414,7 @@ impl InodeTable {
             // Not known until the next listing; the node's time stands in (below).
             last_modified: None,
         };
-        let k = (parent, name.clone(), false);
-        if self.by_name.get(&k) == Some(&ino) {
-            self.by_name.remove(&k);
-        }
-        self.retire(ino);
+        self.unname(parent, &name, Kind::File, ino);
         let new = self.file_child(parent, &name, bucket, meta, learned);
         if let Some(n) = self.nodes.get_mut(&new) {
             // Found just now: newer than the version it replaces, unlike the mount time.
@@ -468,11 +468,6 @@ impl InodeTable {
         *kernel_etag = cached.then(|| etag.to_string());
         keep
     }
-}
-
-/// ETags as the same version, however a server quotes them.
-fn same_etag(a: &str, b: &str) -> bool {
-    a.trim_matches('"') == b.trim_matches('"')
 }
 
 #[cfg(test)]

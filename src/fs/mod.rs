@@ -463,10 +463,13 @@ impl S3Fs {
             // The name stands for a newer version now. ESTALE makes the kernel look the
             // path up again (LOOKUP_REVAL) and retry the open once, on the new inode;
             // an inode the retry cannot get away from is "pinned" (see `refuse_stale`).
-            let pinned = !inodes.is_current(ino) && !self.refuse_stale(ino);
-            if !inodes.is_current(ino) && !pinned {
+            let pinned = if inodes.is_current(ino) {
+                false
+            } else if self.refuse_stale(ino) {
                 return Err(FsError::Stale);
-            }
+            } else {
+                true
+            };
             match &node.data {
                 NodeData::Dir { .. } => return Err(FsError::IsADirectory),
                 NodeData::File {

@@ -260,7 +260,7 @@ impl ObjectStore for S3Store {
         // an answer carrying another version is what a 412 would have said.
         if let Some(want) = if_match
             && !etag.is_empty()
-            && etag.trim_matches('"') != want.trim_matches('"')
+            && !super::same_etag(&etag, want)
         {
             return Err(StoreError::PreconditionFailed(format!(
                 "{target}: the server answered version {etag}, not {want}"
@@ -280,8 +280,7 @@ impl ObjectStore for S3Store {
             // "bytes 0-99/*": the object's size only a HEAD can tell, if of this version.
             (Some(Some(_)), _) => {
                 let meta = self.head(bucket, key).await?;
-                if meta.etag.as_deref().map(|e| e.trim_matches('"')) != Some(etag.trim_matches('"'))
-                {
+                if !meta.etag.is_some_and(|e| super::same_etag(&e, &etag)) {
                     return Err(StoreError::PreconditionFailed(format!(
                         "{target}: replaced while its size was asked for"
                     )));
