@@ -13,7 +13,8 @@ use crate::config::{Config, Source};
 use crate::control::{self, ControlServer};
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse;
-use crate::store::{ObjectStore, S3Store, StoreError};
+use crate::store::{ObjectStore, S3Options, S3Store, StoreError};
+use futures::FutureExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -68,29 +69,23 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Says what went wrong reaching S3 in words a user can act on.
+/// Says what went wrong reaching S3 in words a user can act on: what failed, the likely
+/// cause, what to try.
 fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
     let place = endpoint.unwrap_or("AWS S3");
-    let text = e.to_string();
-    if text.contains("loading credentials") || text.contains("no credentials") {
-        return MountError::S3(format!(
-            "no usable AWS credentials for {place}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-             or use --profile with ~/.aws/credentials ({text})"
-        ));
-    }
     MountError::S3(match e {
+        StoreError::NoCredentials(m) => format!(
+            "no usable AWS credentials ({m}). Set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, or use --profile with ~/.aws/credentials"
+        ),
         StoreError::AccessDenied(m) => format!(
-            "access denied to {what} ({m}); check the credentials (AWS_ACCESS_KEY_ID/\
+            "access denied to {what} ({m}). Check the credentials (AWS_ACCESS_KEY_ID/\
              AWS_SECRET_ACCESS_KEY, --profile) and their permissions"
         ),
         StoreError::NotFound(_) => format!("{what} does not exist at {place}"),
-        StoreError::Transient(m) | StoreError::Throttled(m) => {
-            format!("cannot reach {place} ({m}); check --endpoint-url, --region and the network")
+        StoreError::Transient(m) | StoreError::Throttled(m) | StoreError::Unavailable(m) => {
+            format!("cannot reach {place} ({m}). Check --endpoint-url, --region and the network")
         }
-        StoreError::Other(m) if m.contains("credentials") || m.contains("Credentials") => format!(
-            "no usable AWS credentials ({m}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
-             or use --profile with ~/.aws/credentials"
-        ),
         other => format!("checking {what} at {place}: {other}"),
     })
 }
@@ -221,24 +216,45 @@ async fn log_summaries(cache: Cache, every: Duration) {
     }
 }
 
-async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
-    let store = Arc::new(S3Store::new(&cfg.s3).await);
+/// Longest the mount waits for S3 to answer its first request before giving up.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks that the credentials reach what is to be mounted, within [`START_TIMEOUT`]
+/// whatever the retry settings.
+async fn check_access(store: &S3Store, cfg: &Config) -> Result<(), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
-    match &cfg.mount.source {
-        Source::AllBuckets => {
-            let buckets = store
-                .list_buckets()
-                .await
-                .map_err(|e| explain(&e, "the bucket list", endpoint))?;
-            info!(buckets = buckets.len(), "credentials can list buckets");
-        }
-        Source::Bucket { bucket, .. } => {
-            store
-                .head_bucket(bucket)
-                .await
-                .map_err(|e| explain(&e, &format!("bucket {bucket}"), endpoint))?;
-        }
+    let (what, asked) = match &cfg.mount.source {
+        Source::AllBuckets => (
+            "the bucket list".to_string(),
+            async {
+                let buckets = store.list_buckets().await?;
+                info!(buckets = buckets.len(), "credentials can list buckets");
+                Ok(())
+            }
+            .boxed(),
+        ),
+        Source::Bucket { bucket, .. } => (format!("bucket {bucket}"), store.head_bucket(bucket)),
+    };
+    match tokio::time::timeout(START_TIMEOUT, asked).await {
+        Ok(r) => r.map_err(|e| explain(&e, &what, endpoint)),
+        Err(_) => Err(MountError::S3(format!(
+            "{} did not answer within {}s (asking for {what}). Check --endpoint-url, that \
+             the server is up, and the network (a firewall that drops packets looks like this)",
+            endpoint.unwrap_or("AWS S3"),
+            START_TIMEOUT.as_secs()
+        ))),
     }
+}
+
+async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
+    // No wait on S3 may outlast the read timeout, whatever the retry settings.
+    let s3 = S3Options {
+        request_timeout: cfg.cache.read_timeout,
+        ..cfg.s3.clone()
+    };
+    let store = Arc::new(S3Store::new(&s3).await);
+    let endpoint = cfg.s3.endpoint_url.as_deref();
+    check_access(&store, cfg).await?;
     let cache = Cache::open(cfg.cache.clone(), store, Arc::new(SystemClock))?;
     let c = &cfg.cache;
     info!(

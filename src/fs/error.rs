@@ -43,9 +43,11 @@ impl FsError {
             StoreError::NotFound(_) => FsError::NotFound,
             StoreError::AccessDenied(_) => FsError::AccessDenied,
             StoreError::PreconditionFailed(_) => FsError::Stale,
-            StoreError::Throttled(m) | StoreError::Transient(m) | StoreError::Other(m) => {
-                FsError::Io(m)
-            }
+            StoreError::Throttled(m)
+            | StoreError::Transient(m)
+            | StoreError::Unavailable(m)
+            | StoreError::NoCredentials(m)
+            | StoreError::Other(m) => FsError::Io(m),
         }
     }
 

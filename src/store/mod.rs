@@ -2,6 +2,7 @@
 //! [`ObjectStore`] trait, so the cache and the filesystem never see the AWS SDK and a
 //! second cache tier (or an in-memory store in unit tests) can slot in here.
 
+mod breaker;
 mod memory;
 mod s3;
 
@@ -26,12 +27,20 @@ pub enum StoreError {
     /// The object's ETag is no longer the one asked for (`If-Match` failed).
     #[error("object changed (ETag no longer matches): {0}")]
     PreconditionFailed(String),
-    /// 429 / 503 SlowDown after the SDK's own retries.
+    /// 429 / 503 SlowDown after every attempt.
     #[error("throttled by the server: {0}")]
     Throttled(String),
-    /// Network trouble, timeouts, 5xx: worth trying again later.
-    #[error("transient error: {0}")]
+    /// The server could not be reached or gave no answer in time (connection refused,
+    /// DNS, timeouts), or kept failing (5xx) after every attempt.
+    #[error("{0}")]
     Transient(String),
+    /// Not asked: the server was found unreachable moments ago and is being probed in
+    /// the background (see `breaker.rs`). Fails at once instead of waiting again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No usable credentials (none configured, or a profile that does not resolve).
+    #[error("{0}")]
+    NoCredentials(String),
     #[error("{0}")]
     Other(String),
 }
@@ -39,7 +48,10 @@ pub enum StoreError {
 impl StoreError {
     /// True for failures that say nothing about the object itself (stale-if-error applies).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Throttled(_) | StoreError::Transient(_))
+        matches!(
+            self,
+            StoreError::Throttled(_) | StoreError::Transient(_) | StoreError::Unavailable(_)
+        )
     }
 }
 
@@ -90,6 +102,12 @@ impl std::fmt::Debug for GetObject {
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
+    /// False while the store is known to be unreachable (requests fail at once with
+    /// [`StoreError::Unavailable`] until a background probe gets an answer again).
+    fn reachable(&self) -> bool {
+        true
+    }
+
     async fn list_buckets(&self) -> StoreResult<Vec<String>>;
     /// Succeeds when the bucket exists and the credentials may use it.
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()>;
