@@ -56,6 +56,7 @@ fn main() {
                     size: 1000 + i,
                     created_ms: 1_700_000_000_000 + i,
                     crc32: i as u32,
+                    blocks: Vec::new(),
                 };
                 b.upserts.push((k, row, (i + 1, 1_700_000_000_000 + i, 0)));
             }

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, ExitCode, Stdio};
@@ -222,19 +221,21 @@ fn mount(cfg: Config, args: &[OsString]) -> Result<()> {
 
 /// Runs the mount in a detached child and waits until it is live (or has failed).
 fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
-    let log = cfg
-        .mount
-        .log_file
-        .clone()
-        .unwrap_or_else(|| default_log(cfg));
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log)
+    let log = match &cfg.mount.log_file {
+        Some(l) => {
+            if let Some(dir) = l.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            l.clone()
+        }
+        None => {
+            // The log goes in the cache directory: only once it is known to be ours.
+            s3cachefs::cache::check_dir(&cfg.cache.dir)?;
+            default_log(cfg)
+        }
+    };
+    let log_file = s3cachefs::cache::open_private_append(&log)
         .with_context(|| format!("opening log file {}", log.display()))?;
     let mut fds = [0; 2];
     // SAFETY: fds is a valid array of two ints.

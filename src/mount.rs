@@ -83,7 +83,10 @@ fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
              AWS_SECRET_ACCESS_KEY, --profile) and their permissions"
         ),
         StoreError::NotFound(_) => format!("{what} does not exist at {place}"),
-        StoreError::Transient(m) | StoreError::Throttled(m) | StoreError::Unavailable(m) => {
+        StoreError::Transient(m)
+        | StoreError::NoAnswer(m)
+        | StoreError::Throttled(m)
+        | StoreError::Unavailable(m) => {
             format!("cannot reach {place} ({m}). Check --endpoint-url, --region and the network")
         }
         other => format!("checking {what} at {place}: {other}"),

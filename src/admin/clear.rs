@@ -131,7 +131,7 @@ async fn clear_directly(dir: &Path) -> Result<Cleared, AdminError> {
         .map_err(|e| AdminError::Other(e.to_string()))?;
     cache.close()?;
     Ok(Cleared {
-        removed: removed as u64,
+        removed: (removed.0 + removed.1) as u64,
         by: ClearedBy::Directly {
             cache_dir: dir.to_path_buf(),
         },

@@ -17,12 +17,25 @@ const ACCESS: TableDefinition<&[u8], (u64, u64, u64)> = TableDefinition::new("ac
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const SCHEMA_VERSION: u64 = 1;
+/// Marks the error of an index written by a newer version.
+const NEWER: &str = "is from a newer s3cachefs";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cache index {path}: {msg}")]
 pub struct DbError {
     pub path: PathBuf,
     pub msg: String,
+    pub kind: DbErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// Written by a newer s3cachefs: left alone rather than rebuilt.
+    Newer,
+    /// The file is not a readable index (truncated, damaged): it can be rebuilt.
+    Broken,
+    /// Anything else (I/O, the file in use): neither rebuilt nor left as is.
+    Other,
 }
 
 /// The parts of an entry that change only when the object is fetched again.
@@ -33,8 +46,17 @@ pub struct EntryRow {
     pub etag: String,
     pub size: u64,
     pub created_ms: u64,
+    /// CRC32 of the whole file.
     pub crc32: u32,
+    /// CRC32 of each [`BLOCK_SIZE`] block, so reads through s3cachefs check what they
+    /// serve. Empty in rows of older versions and in rows adopted from a file: filled in
+    /// by the first whole-file check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<u32>,
 }
+
+/// Size of the blocks whose checksums [`EntryRow::blocks`] holds.
+pub const BLOCK_SIZE: u64 = 1 << 20;
 
 /// One atomic change to the index.
 #[derive(Debug, Default)]
@@ -65,20 +87,45 @@ pub struct IndexDb {
 
 impl IndexDb {
     pub fn open(path: &Path) -> Result<(IndexDb, Loaded), DbError> {
-        let err = |msg: String| DbError {
+        let err = |kind: DbErrorKind, msg: String| DbError {
             path: path.to_path_buf(),
+            kind,
             msg,
         };
-        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let db = Database::create(path).map_err(|e| {
+            use redb::{DatabaseError as D, StorageError as S};
+            let kind = match &e {
+                D::Storage(S::Corrupted(_)) | D::RepairAborted => DbErrorKind::Broken,
+                D::Storage(S::Io(io))
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    DbErrorKind::Broken
+                }
+                D::UpgradeRequired(_) => DbErrorKind::Newer,
+                _ => DbErrorKind::Other,
+            };
+            err(kind, e.to_string())
+        })?;
         // Private like every other file of the cache, whatever the umask.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(DbErrorKind::Other, e.to_string()))?;
         let me = IndexDb {
             db,
             path: path.to_path_buf(),
         };
-        let loaded = me.load().map_err(err)?;
+        // Tables that cannot be read are a damaged file, but for a newer schema.
+        let loaded = me.load().map_err(|m| {
+            let kind = if m.contains(NEWER) {
+                DbErrorKind::Newer
+            } else {
+                DbErrorKind::Broken
+            };
+            err(kind, m)
+        })?;
         // From here until close(), a crash leaves the index marked unclean.
         me.set_meta("clean", 0)?;
         Ok((me, loaded))
@@ -102,8 +149,8 @@ impl IndexDb {
                 Some(SCHEMA_VERSION) => {}
                 Some(v) => {
                     return Err(format!(
-                        "index schema version {v} is not supported (this build knows {SCHEMA_VERSION}); \
-                         remove the cache directory or use another"
+                        "index schema version {v} {NEWER} (this build knows {SCHEMA_VERSION}); \
+                         use that version of s3cachefs, or another cache directory"
                     ));
                 }
             }
@@ -139,7 +186,7 @@ impl IndexDb {
                         seq,
                         hits,
                         crc32: row.crc32,
-                        verified: false,
+                        checked: 0,
                     },
                 ));
             }
@@ -152,6 +199,7 @@ impl IndexDb {
         DbError {
             path: self.path.clone(),
             msg: e.to_string(),
+            kind: DbErrorKind::Other,
         }
     }
 
@@ -232,6 +280,7 @@ mod tests {
             size: 3,
             created_ms: 7,
             crc32: 9,
+            blocks: vec![9],
         };
         {
             let (db, loaded) = IndexDb::open(&path).expect("open");

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -32,7 +31,6 @@ pub(crate) struct DirectReader {
     key: String,
     etag: String,
     size: u64,
-    read_timeout: Duration,
     win: tokio::sync::Mutex<Window>,
 }
 
@@ -46,7 +44,6 @@ struct Window {
 }
 
 impl DirectReader {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
         stats: Arc<Stats>,
@@ -54,7 +51,6 @@ impl DirectReader {
         key: &str,
         etag: &str,
         size: u64,
-        read_timeout: Duration,
     ) -> DirectReader {
         DirectReader {
             store,
@@ -63,21 +59,25 @@ impl DirectReader {
             key: key.to_string(),
             etag: etag.to_string(),
             size,
-            read_timeout,
             win: tokio::sync::Mutex::new(Window::default()),
         }
     }
 
-    /// Reads `offset..offset+len` (fewer bytes only at the end of the object) within
-    /// `read_timeout`, resuming a body that is cut off or goes silent.
-    pub(crate) async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+    /// Reads `offset..offset+len` (fewer bytes only at the end of the object) by
+    /// `deadline`, resuming a body that is cut off or goes silent.
+    pub(crate) async fn read(
+        &self,
+        offset: u64,
+        len: usize,
+        deadline: Instant,
+    ) -> Result<Bytes, StoreError> {
         let end = self.size.min(offset.saturating_add(len as u64));
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let mut w = self.win.lock().await;
-        // From here: a read queued behind another on this handle gets its own full time.
-        let deadline = Instant::now() + self.read_timeout;
+        let Ok(mut w) = tokio::time::timeout_at(deadline, self.win.lock()).await else {
+            return Err(self.late(offset));
+        };
         let stream_pos = w.base + w.buffered;
         if w.stream.is_none() && stream_pos < end || offset < w.base || offset > stream_pos + WINDOW
         {
@@ -113,10 +113,7 @@ impl DirectReader {
                     "s3://{}/{}: body ended at byte {pos}, before byte {end}",
                     self.bucket, self.key
                 )),
-                Err(_) => StoreError::Transient(format!(
-                    "s3://{}/{}: no bytes from {pos} within {:?}",
-                    self.bucket, self.key, self.read_timeout
-                )),
+                Err(_) => self.late(pos),
             };
             w.stream = None;
             if !failure.is_transient() || resumes >= RESUMES || Instant::now() >= deadline {
@@ -149,11 +146,16 @@ impl DirectReader {
             .get_range(&self.bucket, &self.key, Some(pos..self.size), if_match);
         match tokio::time::timeout_at(deadline, get).await {
             Ok(got) => Ok(got?.body),
-            Err(_) => Err(StoreError::Transient(format!(
-                "s3://{}/{}: no answer within {:?}",
-                self.bucket, self.key, self.read_timeout
-            ))),
+            Err(_) => Err(self.late(pos)),
         }
+    }
+
+    /// The error of a read whose deadline passed before its bytes came.
+    fn late(&self, pos: u64) -> StoreError {
+        StoreError::Transient(format!(
+            "s3://{}/{}: no bytes from {pos} within the read timeout",
+            self.bucket, self.key
+        ))
     }
 }
 
@@ -180,6 +182,7 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn sequential_and_overlapping_reads_share_one_stream() {
@@ -193,7 +196,6 @@ mod tests {
             "k",
             &etag,
             data.len() as u64,
-            Duration::from_secs(5),
         );
         for (off, len) in [
             (0u64, 1000usize),
@@ -202,7 +204,8 @@ mod tests {
             (6000, 994_000),
             (999_990, 100),
         ] {
-            let got = r.read(off, len).await.expect("read");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let got = r.read(off, len, deadline).await.expect("read");
             let end = (off as usize + len).min(data.len());
             assert_eq!(&got[..], &data[off as usize..end], "read at {off}");
         }

@@ -7,9 +7,8 @@
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::db::BLOCK_SIZE;
 use super::ranges::RangeSet;
 use super::stats::{Stats, add};
 use super::{CacheError, CacheKey};
@@ -38,6 +38,8 @@ pub(crate) enum FillFailure {
     Failed(String),
     /// The cache's disk is full: reads go to S3, and room is made for next time.
     NoSpace(String),
+    /// Cancelled by the cache (cleared, or shutting down): reads go to S3.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +61,6 @@ struct State {
 pub(crate) struct FillCtx {
     pub store: Arc<dyn ObjectStore>,
     pub stats: Arc<Stats>,
-    /// Longest a read waits for its bytes before it fails with EIO.
-    pub read_timeout: Duration,
 }
 
 pub(crate) struct Fill {
@@ -71,8 +71,11 @@ pub(crate) struct Fill {
     pub object_key: String,
     pub etag: String,
     pub size: u64,
-    pub file: Arc<File>,
-    pub tmp_path: PathBuf,
+    /// The download's file in `tmp/`. Closed (taken) as soon as the fill fails, so a file
+    /// already unlinked gives its space back at once even while handles of the fill live.
+    file: Mutex<Option<Arc<File>>>,
+    /// Its name relative to the cache directory (`tmp/...`).
+    pub tmp_name: String,
     /// Started by directory read-ahead: its version was learned by its own first GET,
     /// moments before the open that joins it.
     pub ahead_of_use: bool,
@@ -92,7 +95,7 @@ impl Fill {
         etag: &str,
         size: u64,
         file: File,
-        tmp_path: PathBuf,
+        tmp_name: String,
         part_size: u64,
         ctx: FillCtx,
     ) -> Fill {
@@ -105,8 +108,8 @@ impl Fill {
             object_key: object_key.to_string(),
             etag: etag.to_string(),
             size,
-            file: Arc::new(file),
-            tmp_path,
+            file: Mutex::new(Some(Arc::new(file))),
+            tmp_name,
             ahead_of_use: false,
             part_size,
             state: Mutex::new(State {
@@ -145,12 +148,21 @@ impl Fill {
         self.state.lock().landed.contains(&(0..self.size))
     }
 
-    /// Ends the fill (first outcome wins).
+    /// The download's file while it is open.
+    pub(crate) fn file(&self) -> Option<Arc<File>> {
+        self.file.lock().clone()
+    }
+
+    /// Ends the fill (first outcome wins). A failed fill closes its file: its reads go
+    /// to S3 from now on.
     pub(crate) fn finish(&self, outcome: Result<(), FillFailure>) {
         {
             let mut st = self.state.lock();
             if st.outcome.is_some() {
                 return;
+            }
+            if outcome.is_err() {
+                self.file.lock().take();
             }
             st.outcome = Some(outcome);
         }
@@ -166,15 +178,20 @@ impl Fill {
         if !self.state.lock().landed.contains(&(offset..end)) {
             return None;
         }
-        Some(pread(&self.file, offset, (end - offset) as usize))
+        let file = self.file()?;
+        Some(pread(&file, offset, (end - offset) as usize))
     }
 
     /// Waits until the bytes at `offset` have landed (asking for them first if the fill
     /// is not about to get there) and reads them.
-    pub(crate) async fn read(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes, ReadMiss> {
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        offset: u64,
+        len: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, ReadMiss> {
         let end = self.size.min(offset.saturating_add(len as u64));
         let mut rx = self.progress.subscribe();
-        let deadline = Instant::now() + self.ctx.read_timeout;
         let mut asked = false;
         loop {
             rx.borrow_and_update();
@@ -186,6 +203,9 @@ impl Fill {
                 Some(Err(FillFailure::Failed(m) | FillFailure::NoSpace(m))) => {
                     return Err(ReadMiss::Failed(m));
                 }
+                Some(Err(FillFailure::Cancelled)) => {
+                    return Err(ReadMiss::Failed("download cancelled".into()));
+                }
                 Some(Ok(())) => {
                     return Err(ReadMiss::Failed("fill ended without these bytes".into()));
                 }
@@ -195,14 +215,12 @@ impl Fill {
                 self.request(offset..end);
                 asked = true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(ReadMiss::Failed(format!(
-                    "no bytes at offset {offset} within {:?}",
-                    self.ctx.read_timeout
+                    "no bytes at offset {offset} within the read timeout"
                 )));
             }
-            let _ = tokio::time::timeout(left, rx.changed()).await;
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
         }
     }
 
@@ -331,12 +349,14 @@ impl Fill {
                     }
                 };
                 let take = chunk.len().min((range.end - pos) as usize);
-                write_all_at(&self.file, &chunk[..take], pos).map_err(|e| {
-                    let why = format!("writing {}: {e}", self.tmp_path.display());
-                    if e.raw_os_error() == Some(libc::ENOSPC) {
-                        FillFailure::NoSpace(why)
-                    } else {
-                        FillFailure::Failed(why)
+                let Some(file) = self.file() else {
+                    return Ok(());
+                };
+                write_all_at(&file, &chunk[..take], pos).map_err(|e| {
+                    let why = format!("writing {}: {e}", self.tmp_name);
+                    match e.raw_os_error() {
+                        Some(libc::ENOSPC | libc::EDQUOT) => FillFailure::NoSpace(why),
+                        _ => FillFailure::Failed(why),
                     }
                 })?;
                 self.state.lock().landed.insert(pos..pos + take as u64);
@@ -382,12 +402,12 @@ impl Fill {
 
     /// Runs the whole fill: `workers` sequential workers (the first one starting with
     /// `first`, the already open body of part 0) plus a checksum pass that follows the
-    /// landed prefix. Returns the CRC32 of the file when every byte landed and verified.
+    /// landed prefix. Returns the file's checksums when every byte landed and verified.
     pub(crate) async fn run(
         self: &Arc<Self>,
         workers: usize,
         mut first: Option<ByteStream>,
-    ) -> Result<u32, FillFailure> {
+    ) -> Result<Checksums, FillFailure> {
         let mut tasks = Vec::new();
         if let Some(body) = first.take() {
             // Part 0 is already on its way (`mark_first_in_flight`).
@@ -427,14 +447,15 @@ impl Fill {
         }
     }
 
-    /// CRC32 (always) and MD5 (when the ETag is a plain MD5) over the file in order, as
-    /// its prefix lands, so verification costs no extra pass at the end.
-    fn checksum_pass(self: &Arc<Self>) -> Result<u32, FillFailure> {
+    /// CRC32s (whole file and per block, always) and MD5 (when the ETag is a plain MD5)
+    /// over the file in order, as its prefix lands, so verification costs no extra pass
+    /// at the end.
+    fn checksum_pass(self: &Arc<Self>) -> Result<Checksums, FillFailure> {
         let mut rx = self.progress.subscribe();
-        let mut crc = crc32fast::Hasher::new();
+        let mut sums = ChecksumBuilder::default();
         let want_md5 = super::plain_md5(&self.etag);
         let mut md5 = want_md5.as_ref().map(|_| Md5::new());
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
         let mut done = 0u64;
         loop {
             rx.borrow_and_update();
@@ -447,8 +468,10 @@ impl Fill {
             }
             while done < prefix {
                 let n = ((prefix - done) as usize).min(buf.len());
-                let got = self
-                    .file
+                let Some(file) = self.file() else {
+                    return Err(FillFailure::Failed("fill closed".into()));
+                };
+                let got = file
                     .read_at(&mut buf[..n], done)
                     .map_err(|e| FillFailure::Failed(format!("reading back: {e}")))?;
                 if got == 0 {
@@ -456,7 +479,7 @@ impl Fill {
                         "file shorter than its landed bytes".into(),
                     ));
                 }
-                crc.update(&buf[..got]);
+                sums.update(&buf[..got]);
                 if let Some(h) = &mut md5 {
                     h.update(&buf[..got]);
                 }
@@ -482,7 +505,50 @@ impl Fill {
                 )));
             }
         }
-        Ok(crc.finalize())
+        Ok(sums.finish())
+    }
+}
+
+/// A file's checksums: CRC32 of the whole and of each [`BLOCK_SIZE`] block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Checksums {
+    pub crc32: u32,
+    pub blocks: Vec<u32>,
+}
+
+/// Builds [`Checksums`] from the bytes of a file in order, in pieces of any size.
+#[derive(Default)]
+pub(crate) struct ChecksumBuilder {
+    whole: crc32fast::Hasher,
+    block: crc32fast::Hasher,
+    in_block: u64,
+    blocks: Vec<u32>,
+}
+
+impl ChecksumBuilder {
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
+        self.whole.update(data);
+        while !data.is_empty() {
+            let take = ((BLOCK_SIZE - self.in_block) as usize).min(data.len());
+            self.block.update(&data[..take]);
+            self.in_block += take as u64;
+            data = &data[take..];
+            if self.in_block == BLOCK_SIZE {
+                let done = std::mem::take(&mut self.block);
+                self.blocks.push(done.finalize());
+                self.in_block = 0;
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Checksums {
+        if self.in_block > 0 {
+            self.blocks.push(self.block.finalize());
+        }
+        Checksums {
+            crc32: self.whole.finalize(),
+            blocks: self.blocks,
+        }
     }
 }
 
@@ -502,6 +568,12 @@ impl From<ReadMiss> for CacheError {
             ReadMiss::Failed(why) => CacheError::Internal(why),
         }
     }
+}
+
+/// The CRC32 of each block, for checking reads: `data` is one whole block (shorter
+/// only at the end of the file).
+pub(crate) fn block_crc(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
 }
 
 fn backoff(attempt: u32) -> Duration {

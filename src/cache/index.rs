@@ -16,9 +16,11 @@ pub struct Entry {
     pub seq: u64,
     pub hits: u64,
     pub crc32: u32,
-    /// Checksum checked against the file during this process's life. Not persisted: a
-    /// restart re-checks each file on first use, so corruption on disk is never served.
-    pub verified: bool,
+    /// The file's [`Stamp`] (as a hash) when its checksum was last found right during
+    /// this process's life; 0: not checked yet. Not persisted: a restart re-checks each
+    /// file on first use, and a file touched since its check (another stamp) is checked
+    /// again before it is handed out, so corruption on disk is never served.
+    pub checked: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,11 +30,23 @@ pub struct TooLarge {
     pub max: u64,
 }
 
+/// Why an object cannot have room in the cache now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoom {
+    /// Larger than the size limit (or than what the disk can take).
+    TooLarge(TooLarge),
+    /// Only room held by downloads under way is left.
+    Held,
+}
+
 #[derive(Debug)]
 pub struct Index {
     lru: LruCache<CacheKey, Entry>,
     total_size: u64,
     max_size: u64,
+    /// The most the disk can hold for the cache now (see `Disk::space_cap`), when it is
+    /// less than `max_size`.
+    disk_cap: Option<u64>,
     max_entries: u64,
     next_seq: u64,
     /// Room held for downloads under way, so files being filled count against the
@@ -47,6 +61,7 @@ impl Index {
             lru: LruCache::unbounded(),
             total_size: 0,
             max_size,
+            disk_cap: None,
             max_entries,
             next_seq: 1,
             reserved_size: 0,
@@ -89,6 +104,23 @@ impl Index {
         self.max_size
     }
 
+    /// The size limit in force: the configured one, or less when the disk has less room.
+    pub fn size_limit(&self) -> u64 {
+        self.disk_cap
+            .map_or(self.max_size, |c| c.min(self.max_size))
+    }
+
+    /// Sets what the disk can hold for the cache now (`None`: no limit beyond the
+    /// configured one).
+    pub fn set_disk_cap(&mut self, cap: Option<u64>) {
+        self.disk_cap = cap;
+    }
+
+    /// Bytes held for downloads under way.
+    pub fn reserved_size(&self) -> u64 {
+        self.reserved_size
+    }
+
     pub fn max_entries(&self) -> u64 {
         self.max_entries
     }
@@ -112,10 +144,17 @@ impl Index {
         Some(e)
     }
 
-    pub fn set_verified(&mut self, k: &CacheKey) {
+    /// Records that `k`'s file, as stamped `checked`, matched its checksum.
+    pub fn set_checked(&mut self, k: &CacheKey, checked: u64) {
         if let Some(e) = self.lru.peek_mut(k) {
-            e.verified = true;
+            e.checked = checked;
         }
+    }
+
+    /// Puts `k` at the least recently used end (an entry adopted from a file on disk
+    /// comes after everything used since).
+    pub fn demote(&mut self, k: &CacheKey) {
+        self.lru.demote(k);
     }
 
     pub fn remove(&mut self, k: &CacheKey) -> Option<Entry> {
@@ -127,12 +166,13 @@ impl Index {
     /// The least recently used entries that must go so that an object of `size` bytes
     /// stored under `k` fits both limits. An existing entry under `k` is being replaced, so
     /// it is neither counted nor chosen.
-    pub fn victims_for(&self, k: &CacheKey, size: u64) -> Result<Vec<CacheKey>, TooLarge> {
-        if size > self.max_size || self.max_entries == 0 {
-            return Err(TooLarge {
+    pub fn victims_for(&self, k: &CacheKey, size: u64) -> Result<Vec<CacheKey>, NoRoom> {
+        let max_size = self.size_limit();
+        if size > max_size || self.max_entries == 0 {
+            return Err(NoRoom::TooLarge(TooLarge {
                 size,
-                max: self.max_size,
-            });
+                max: max_size,
+            }));
         }
         let (mut bytes, mut count) = (
             self.total_size + self.reserved_size,
@@ -144,7 +184,7 @@ impl Index {
         }
         let mut victims = Vec::new();
         for (vk, ve) in self.lru.iter().rev() {
-            if bytes + size <= self.max_size && count < self.max_entries {
+            if bytes + size <= max_size && count < self.max_entries {
                 break;
             }
             if vk == k {
@@ -154,12 +194,8 @@ impl Index {
             count -= 1;
             victims.push(*vk);
         }
-        if bytes + size > self.max_size || count >= self.max_entries {
-            // Only room held by downloads under way is left.
-            return Err(TooLarge {
-                size,
-                max: self.max_size,
-            });
+        if bytes + size > max_size || count >= self.max_entries {
+            return Err(NoRoom::Held);
         }
         Ok(victims)
     }
@@ -232,7 +268,7 @@ mod tests {
             seq: 0,
             hits: 0,
             crc32: 0,
-            verified: true,
+            checked: 1,
         }
     }
 
@@ -302,11 +338,27 @@ mod tests {
         let ix = Index::new(100, 10);
         assert_eq!(
             ix.victims_for(&key(1), 101),
-            Err(TooLarge {
+            Err(NoRoom::TooLarge(TooLarge {
                 size: 101,
                 max: 100
-            })
+            }))
         );
+    }
+
+    #[test]
+    fn the_disk_cap_lowers_the_size_limit() {
+        let mut ix = Index::new(100, 10);
+        insert(&mut ix, key(1), 40);
+        insert(&mut ix, key(2), 40);
+        ix.set_disk_cap(Some(60));
+        assert_eq!(ix.size_limit(), 60);
+        assert_eq!(ix.victims_for(&key(3), 20).expect("fits"), vec![key(1)]);
+        assert!(matches!(
+            ix.victims_for(&key(3), 61),
+            Err(NoRoom::TooLarge(_))
+        ));
+        ix.set_disk_cap(Some(1000));
+        assert_eq!(ix.size_limit(), 100);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn inspect(dir: &Path) -> Result<DirSummary, InspectError> {
         LayoutError::Locked { dir, holder } => InspectError::InUse { dir, holder },
         other => InspectError::Layout(other),
     })?;
-    let (db, loaded) = IndexDb::open(&layout.index_path())?;
+    let (db, loaded) = IndexDb::open(&layout.index_path().map_err(InspectError::Layout)?)?;
     // Opening marks the index as in use (unclean). Put back what it was, so an index left
     // unclean by a crash still gets its recovery pass at the next mount.
     db.set_meta("clean", u64::from(loaded.was_clean))?;
@@ -82,6 +82,7 @@ mod tests {
             size,
             created_ms: 5,
             crc32: 0,
+            blocks: Vec::new(),
         }
     }
 
@@ -91,7 +92,7 @@ mod tests {
         let dir = tmp.path().join("c");
         {
             let layout = Layout::open(&dir).expect("layout");
-            let (db, _) = IndexDb::open(&layout.index_path()).expect("db");
+            let (db, _) = IndexDb::open(&layout.index_path().expect("path")).expect("db");
             let mut b = Batch::default();
             b.upserts
                 .push((CacheKey::new("b", "1", "default"), row(10), (1, 7, 0)));
@@ -118,7 +119,7 @@ mod tests {
         // Nothing was created in a directory that is not a cache.
         assert_eq!(std::fs::read_dir(&dir).expect("ls").count(), 0);
         let layout = Layout::open(&dir).expect("layout");
-        drop(IndexDb::open(&layout.index_path()).expect("db"));
+        drop(IndexDb::open(&layout.index_path().expect("path")).expect("db"));
         assert!(matches!(inspect(&dir), Err(InspectError::InUse { .. })));
     }
 }

@@ -21,9 +21,9 @@ mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use db::{DbError, EntryRow};
-pub use index::{Entry, Index, TooLarge};
+pub use index::{Entry, Index, NoRoom, TooLarge};
 pub use key::{CacheKey, s3_url};
-pub use layout::LayoutError;
+pub use layout::{INDEX_FILE, LayoutError, check_dir, open_private_append};
 pub use stats::{Stats, StatsSnapshot};
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,16 +41,11 @@ use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
-use db::{Batch, IndexDb};
+use db::{BLOCK_SIZE, Batch, IndexDb};
 use direct::DirectReader;
-use fill::{Fill, FillCtx, FillFailure};
-use layout::Layout;
+use fill::{Checksums, Fill, FillCtx, FillFailure};
+use layout::{Layout, Stamp};
 use stats::{add, bump};
-
-/// Counts an error seen by a layer above the cache (a failed open or read).
-pub fn bump_errors(cache: &Cache) {
-    bump(&cache.inner.stats.errors);
-}
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -96,6 +92,9 @@ pub enum CacheError {
     /// A download ahead of use found no room without evicting.
     #[error("no room for {0} bytes without evicting")]
     NoRoom(u64),
+    /// No room now: what is left is held by downloads under way.
+    #[error("no room for {0} bytes now: the rest is held by downloads under way")]
+    Full(u64),
     #[error("{0}")]
     Internal(String),
 }
@@ -121,6 +120,10 @@ pub struct ObjectHandle {
     /// How the open was answered, for logs and tests.
     pub outcome: Outcome,
     source: Source,
+    /// Where reads go once the cache cannot answer them (the fill failed, a block of the
+    /// cache file did not match its checksum): one streaming reader of this version for
+    /// the handle's life, so sequential reads keep their read-ahead window.
+    fallback: Arc<OnceLock<Arc<DirectReader>>>,
     inner: Arc<Inner>,
 }
 
@@ -138,10 +141,52 @@ pub enum Outcome {
 enum Source {
     /// A complete cache file. Already unlinked files keep working: an evicted or replaced
     /// entry's open handles go on reading the bytes they opened.
-    File(Arc<File>),
+    File(Arc<CachedFile>),
     /// A download under way into the cache.
     Filling(Arc<Fill>),
     Direct(Arc<DirectReader>),
+}
+
+/// A complete cache file open for reading, with the checksums its reads are checked
+/// against (each block once per open handle, before its bytes are served).
+struct CachedFile {
+    file: Arc<File>,
+    key: CacheKey,
+    /// The entry this file was opened as (its creation time), so a mismatch drops this
+    /// entry and not a newer one of the same key.
+    created_ms: u64,
+    blocks: Arc<Vec<u32>>,
+    checked: Mutex<Vec<bool>>,
+    /// Set when a block did not match: the rest of this handle's reads go to S3.
+    corrupt: std::sync::atomic::AtomicBool,
+}
+
+impl CachedFile {
+    /// Checks the blocks under `offset..end` not checked yet by this handle. `Ok(false)`:
+    /// one does not match.
+    fn check(&self, offset: u64, end: u64) -> io::Result<bool> {
+        if self.blocks.is_empty() || offset >= end {
+            return Ok(true);
+        }
+        let first = (offset / BLOCK_SIZE) as usize;
+        let last = ((end - 1) / BLOCK_SIZE) as usize;
+        for b in first..=last {
+            if self.checked.lock().get(b).copied().unwrap_or(true) {
+                continue;
+            }
+            let Some(want) = self.blocks.get(b) else {
+                return Ok(false);
+            };
+            let data = fill::pread(&self.file, b as u64 * BLOCK_SIZE, BLOCK_SIZE as usize)?;
+            if fill::block_crc(&data) != *want {
+                return Ok(false);
+            }
+            if let Some(c) = self.checked.lock().get_mut(b) {
+                *c = true;
+            }
+        }
+        Ok(true)
+    }
 }
 
 impl std::fmt::Debug for ObjectHandle {
@@ -157,10 +202,31 @@ impl std::fmt::Debug for ObjectHandle {
 }
 
 impl ObjectHandle {
+    fn new(
+        inner: &Arc<Inner>,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        size: u64,
+        outcome: Outcome,
+        source: Source,
+    ) -> ObjectHandle {
+        ObjectHandle {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            etag: etag.to_string(),
+            size,
+            outcome,
+            source,
+            fallback: Arc::new(OnceLock::new()),
+            inner: inner.clone(),
+        }
+    }
+
     /// The complete cache file, when this handle reads from one (for FUSE passthrough).
     pub fn file(&self) -> Option<&Arc<File>> {
         match &self.source {
-            Source::File(f) => Some(f),
+            Source::File(f) => Some(&f.file),
             _ => None,
         }
     }
@@ -168,13 +234,23 @@ impl ObjectHandle {
     /// Answers at once when the bytes are on local disk (a `pread` on the calling
     /// thread); `None` means they must be waited for or fetched: use [`Self::read`].
     pub fn try_read(&self, offset: u64, len: usize) -> Option<Result<Bytes, CacheError>> {
+        let end = self.size.min(offset.saturating_add(len as u64));
         let r = match &self.source {
             Source::File(f) => {
-                let end = self.size.min(offset.saturating_add(len as u64));
                 if offset >= end {
                     return Some(Ok(Bytes::new()));
                 }
-                let r = fill::pread(f, offset, (end - offset) as usize);
+                if f.corrupt.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let r = match f.check(offset, end) {
+                    Ok(true) => fill::pread(&f.file, offset, (end - offset) as usize),
+                    Ok(false) => {
+                        self.inner.corrupt_file(f, &self.bucket, &self.key);
+                        return None;
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Ok(b) = &r {
                     add(&self.inner.stats.bytes_from_cache, b.len() as u64);
                 }
@@ -193,50 +269,58 @@ impl ObjectHandle {
             }
             Source::Direct(_) => return None,
         };
-        Some(r.map_err(|source| {
-            bump(&self.inner.stats.errors);
-            CacheError::Io {
-                path: PathBuf::from(s3_url(&self.bucket, &self.key)),
-                source,
-            }
+        Some(r.map_err(|source| CacheError::Io {
+            path: PathBuf::from(s3_url(&self.bucket, &self.key)),
+            source,
         }))
     }
 
-    /// Reads up to `len` bytes at `offset` (fewer only at the end of the object).
+    /// Reads up to `len` bytes at `offset` (fewer only at the end of the object), within
+    /// the read timeout all told.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.read_timeout;
         if let Some(r) = self.try_read(offset, len) {
             return r;
         }
         match &self.source {
-            Source::Direct(d) => Ok(d.read(offset, len).await?),
-            Source::Filling(fill) => match fill.read(offset, len).await {
+            Source::Direct(d) => Ok(d.read(offset, len, deadline).await?),
+            // Half the time for the fill to bring the bytes, the rest for S3 directly.
+            Source::Filling(fill) => match fill
+                .read(offset, len, deadline - self.inner.cfg.read_timeout / 2)
+                .await
+            {
                 Ok(b) => Ok(b),
                 Err(fill::ReadMiss::Changed) => Err(fill::ReadMiss::Changed.into()),
                 Err(fill::ReadMiss::Failed(why)) => {
                     // The cache cannot help; S3 still can (same version or nothing).
                     debug!(url = %s3_url(&self.bucket, &self.key), %why, "fill cannot serve; reading S3 directly");
-                    self.read_s3_once(offset, len).await
+                    self.read_s3(offset, len, deadline).await
                 }
             },
-            Source::File(_) => self.try_read(offset, len).unwrap_or(Ok(Bytes::new())),
+            // A block that did not match its checksum: this version from S3 instead.
+            Source::File(_) => self.read_s3(offset, len, deadline).await,
         }
     }
 
-    /// One read straight from S3, of this handle's version: what a read falls back to when
-    /// the fill cannot serve it. Within the read timeout, resumed if cut off, and whole.
-    async fn read_s3_once(&self, offset: u64, len: usize) -> Result<Bytes, CacheError> {
-        let end = self.size.min(offset.saturating_add(len as u64));
-        // A reader of this range only: its GETs ask for no more than the read wants.
-        let reader = DirectReader::new(
-            self.inner.store.clone(),
-            self.inner.stats.clone(),
-            &self.bucket,
-            &self.key,
-            &self.etag,
-            end,
-            self.inner.cfg.read_timeout,
-        );
-        Ok(reader.read(offset, len).await?)
+    /// A read straight from S3, of this handle's version, through the handle's one
+    /// streaming reader: what a read falls back to when the cache cannot serve it.
+    async fn read_s3(
+        &self,
+        offset: u64,
+        len: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Bytes, CacheError> {
+        let reader = self.fallback.get_or_init(|| {
+            Arc::new(DirectReader::new(
+                self.inner.store.clone(),
+                self.inner.stats.clone(),
+                &self.bucket,
+                &self.key,
+                &self.etag,
+                self.size,
+            ))
+        });
+        Ok(reader.read(offset, len, deadline).await?)
     }
 }
 
@@ -244,8 +328,10 @@ type Flight = Shared<BoxFuture<'static, Result<Arc<Fill>, Arc<CacheError>>>>;
 
 /// The on-disk half, absent when the cache is off.
 struct Disk {
-    layout: Layout,
+    /// Before `layout`, so it is closed first: fields drop in order, and the layout holds
+    /// the lock that lets the next opener in.
     db: IndexDb,
+    layout: Layout,
     index: Mutex<Index>,
     /// Entries used since their LRU position was last written out.
     dirty: Mutex<HashSet<CacheKey>>,
@@ -254,7 +340,7 @@ struct Disk {
     /// Downloads under way: (flight id, the start of the download to await).
     flights: Mutex<HashMap<CacheKey, (u64, Flight)>>,
     next_flight: std::sync::atomic::AtomicU64,
-    /// Resolves when recovery after an unclean shutdown has finished.
+    /// Resolves when the start's check of the disk against the index has finished.
     recovered: tokio::sync::watch::Receiver<bool>,
     /// Complete downloads waiting for the next group commit (see [`COMMIT_DELAY`]).
     pending: Mutex<Vec<Pending>>,
@@ -265,7 +351,7 @@ struct Disk {
 /// A complete, verified download on its way into the index.
 struct Pending {
     fill: Arc<Fill>,
-    crc32: u32,
+    sums: Checksums,
 }
 
 /// How long a complete download waits to be committed with the others that completed
@@ -300,31 +386,18 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// Opens (or creates) the cache directory. Must be called inside a Tokio runtime: the
-    /// periodic sweep and crash recovery run as tasks on it.
+    /// periodic sweep and the check of the disk against the index run as tasks on it.
+    ///
+    /// A directory that cannot be trusted or used is an error (the mount refuses to
+    /// start); an index that cannot be read is set aside and rebuilt from the files.
     pub fn open(
         cfg: CacheConfig,
         store: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Cache, CacheError> {
-        let opened = if cfg.enabled {
-            match Layout::open(&cfg.dir) {
-                Ok(layout) => match IndexDb::open(&layout.index_path()) {
-                    Ok(db) => Some((layout, db)),
-                    Err(e) => {
-                        warn!(error = %e, "cache index unusable; running WITHOUT a cache (every read goes to S3)");
-                        None
-                    }
-                },
-                Err(e @ LayoutError::Locked { .. }) => return Err(e.into()),
-                Err(e) => {
-                    warn!(error = %e, "cache directory unusable; running WITHOUT a cache (every read goes to S3)");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let disk = if let Some((layout, (db, loaded))) = opened {
+        let disk = if cfg.enabled {
+            let layout = Layout::open(&cfg.dir)?;
+            let (db, loaded) = open_index(&layout)?;
             let index = Index::from_entries(cfg.max_size, cfg.max_entries, loaded.entries);
             info!(
                 dir = %cfg.dir.display(),
@@ -333,10 +406,10 @@ impl Cache {
                 clean = loaded.was_clean,
                 "cache opened"
             );
-            let (done_tx, recovered) = tokio::sync::watch::channel(loaded.was_clean);
+            let (done_tx, recovered) = tokio::sync::watch::channel(false);
             let disk = Disk {
-                layout,
                 db,
+                layout,
                 index: Mutex::new(index),
                 dirty: Mutex::new(HashSet::new()),
                 write_lock: Mutex::new(()),
@@ -346,12 +419,12 @@ impl Cache {
                 pending: Mutex::new(Vec::new()),
                 commit_due: Arc::new(tokio::sync::Notify::new()),
             };
-            Some((disk, loaded.was_clean, done_tx))
+            Some((disk, done_tx))
         } else {
             None
         };
-        let (disk, recovery) = match disk {
-            Some((disk, clean, tx)) => (Some(disk), (!clean).then_some(tx)),
+        let (disk, reconciled) = match disk {
+            Some((disk, tx)) => (Some(disk), Some(tx)),
             None => (None, None),
         };
         let cache = Cache {
@@ -364,22 +437,19 @@ impl Cache {
                 warned_disk: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        if cache.inner.disk.is_some() {
+        if let (Some(d), Some(tx)) = (&cache.inner.disk, reconciled) {
             // Over-limit after a config change (a smaller max size): trim at once.
             cache.inner.trim_to_limits();
             let weak = Arc::downgrade(&cache.inner);
-            if let Some(tx) = recovery {
-                let w = weak.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Some(inner) = w.upgrade() {
-                        inner.recover();
-                    }
-                    let _ = tx.send(true);
-                });
-            }
-            if let Some(d) = &cache.inner.disk {
-                tokio::spawn(commit_loop(weak.clone(), d.commit_due.clone()));
-            }
+            // Files the index does not know (a lost index, a crash) and rows whose file
+            // is gone: found in the background at every start, so the start itself takes
+            // the same time however large the cache.
+            let w = weak.clone();
+            tokio::task::spawn_blocking(move || {
+                reconcile(&w);
+                let _ = tx.send(true);
+            });
+            tokio::spawn(commit_loop(weak.clone(), d.commit_due.clone()));
             tokio::spawn(sweep_loop(weak, cache.inner.cfg.sweep_interval));
         }
         Ok(cache)
@@ -405,18 +475,24 @@ impl Cache {
             }
             None => (0, 0),
         };
-        self.inner.stats.snapshot(
-            self.enabled(),
-            count,
-            size,
-            self.inner.cfg.max_size,
-            self.inner.cfg.max_entries,
-        )
+        self.inner.stats.snapshot(stats::Levels {
+            enabled: self.enabled(),
+            entry_count: count,
+            total_size: size,
+            max_size: self.inner.cfg.max_size,
+            max_entries: self.inner.cfg.max_entries,
+            s3_unreachable: !self.inner.store.reachable(),
+        })
     }
 
-    /// The counters, for layers that count their own events (errors seen by the mount).
+    /// The counters, for layers that count their own events.
     pub fn counters(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// Counts an error returned to a program (an EIO of an open, read or listing).
+    pub fn count_error(&self) {
+        bump(&self.inner.stats.errors);
     }
 
     /// Opens `s3://bucket/key` through the cache. `known` is metadata learned recently
@@ -466,7 +542,11 @@ impl Cache {
                     },
                     None => {
                         bump(&inner.stats.etag_validations);
-                        match inner.store.head(bucket, key).await {
+                        match inner
+                            .store
+                            .head_within(bucket, key, inner.validate_within())
+                            .await
+                        {
                             Ok(m) => m,
                             Err(e) if e.is_transient() => ObjectMeta {
                                 etag: Some(fill.etag.clone()),
@@ -491,15 +571,15 @@ impl Cache {
                 bump(&inner.stats.misses);
                 Outcome::Miss
             };
-            return Ok(ObjectHandle {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                etag: fill.etag.clone(),
-                size: fill.size,
+            return Ok(ObjectHandle::new(
+                inner,
+                bucket,
+                key,
+                &fill.etag.clone(),
+                fill.size,
                 outcome,
-                source: Source::Filling(fill),
-                inner: inner.clone(),
-            });
+                Source::Filling(fill),
+            ));
         }
         Err(CacheError::Internal(
             "cache entry kept changing while opening".into(),
@@ -578,7 +658,10 @@ impl Cache {
                     Some(m) => Ok(m),
                     None => {
                         bump(&inner.stats.etag_validations);
-                        inner.store.head(bucket, key).await
+                        inner
+                            .store
+                            .head_within(bucket, key, inner.validate_within())
+                            .await
                     }
                 };
                 match current {
@@ -607,15 +690,15 @@ impl Cache {
                     bump(&inner.stats.hits);
                     disk.index.lock().touch(&k, inner.clock.now_ms());
                     disk.dirty.lock().insert(k);
-                    return Ok(Some(ObjectHandle {
-                        bucket: bucket.to_string(),
-                        key: key.to_string(),
-                        etag: entry.etag,
-                        size: entry.size,
+                    return Ok(Some(ObjectHandle::new(
+                        inner,
+                        bucket,
+                        key,
+                        &entry.etag,
+                        entry.size,
                         outcome,
-                        source: Source::File(file),
-                        inner: inner.clone(),
-                    }));
+                        Source::File(file),
+                    )));
                 }
                 None => continue,
             }
@@ -635,9 +718,12 @@ impl Cache {
         bump(&inner.stats.misses);
         match e {
             CacheError::Store(se) => return Err(CacheError::Store(se.clone())),
-            CacheError::TooLarge(_) => {}
+            CacheError::TooLarge(_) | CacheError::Full(_) => {
+                bump(&inner.stats.not_kept);
+                debug!(url = %s3_url(bucket, key), error = %e, "not kept in the cache; reading S3 directly");
+            }
             other => {
-                bump(&inner.stats.errors);
+                bump(&inner.stats.not_kept);
                 if !inner
                     .warned_disk
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -670,17 +756,16 @@ impl Cache {
             key,
             &etag,
             meta.size,
-            self.inner.cfg.read_timeout,
         );
-        ObjectHandle {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            etag,
-            size: meta.size,
-            outcome: Outcome::Direct,
-            source: Source::Direct(Arc::new(reader)),
-            inner: self.inner.clone(),
-        }
+        ObjectHandle::new(
+            &self.inner,
+            bucket,
+            key,
+            &etag,
+            meta.size,
+            Outcome::Direct,
+            Source::Direct(Arc::new(reader)),
+        )
     }
 
     /// Starts the download of `k`, or joins the one under way: one download per key
@@ -750,21 +835,32 @@ impl Cache {
                 CacheError::Store(se) => CacheError::Store(se.clone()),
                 CacheError::TooLarge(t) => CacheError::TooLarge(t.clone()),
                 CacheError::NoRoom(n) => CacheError::NoRoom(*n),
+                CacheError::Full(n) => CacheError::Full(*n),
                 other => CacheError::Internal(other.to_string()),
             }),
         }
     }
 
-    /// Empties the cache. Handles already open keep reading their (now unlinked) files;
-    /// downloads under way still land afterwards. Returns the number of entries removed.
-    pub fn clear(&self) -> usize {
-        let Some(disk) = &self.inner.disk else {
-            return 0;
+    /// Empties the cache: every entry, every other file in the shards, and the downloads
+    /// under way, which are cancelled so that nothing cleared lands afterwards. Handles
+    /// already open keep reading: complete files they have open (now unlinked), S3 for a
+    /// cancelled download. Returns (entries removed, downloads cancelled).
+    pub fn clear(&self) -> (usize, usize) {
+        let inner = &self.inner;
+        let Some(disk) = &inner.disk else {
+            return (0, 0);
         };
+        let _w = disk.write_lock.lock();
+        let cancelled = inner.cancel_downloads(disk);
         let keys = disk.index.lock().keys_lru_first();
-        self.inner.remove_entries(&keys);
-        info!(entries = keys.len(), "cache cleared");
-        keys.len()
+        inner.remove_entries_locked(disk, &keys);
+        for shard in 0..=255u8 {
+            for (_, name) in disk.layout.scan_shard(shard) {
+                disk.layout.remove_in_shard(shard, &name);
+            }
+        }
+        info!(entries = keys.len(), cancelled, "cache cleared");
+        (keys.len(), cancelled)
     }
 
     /// Waits until no download is under way (tests and tools that want a settled cache).
@@ -851,7 +947,15 @@ impl Cache {
     }
 }
 
+/// Longest an open waits for S3 to confirm a cached copy (or a download under way) is
+/// current before serving it anyway (stale-if-error).
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Inner {
+    fn validate_within(&self) -> Duration {
+        VALIDATE_TIMEOUT.min(self.cfg.read_timeout)
+    }
+
     fn ttl_ms(&self) -> u64 {
         self.cfg.ttl.as_millis().min(u64::MAX as u128) as u64
     }
@@ -862,51 +966,111 @@ impl Inner {
             .ok_or_else(|| CacheError::Internal("cache is off".into()))
     }
 
-    /// Opens an entry's file, checking its bytes once per process. `None` means the entry
-    /// was unusable and has been dropped.
-    async fn open_entry_file(&self, k: &CacheKey, entry: &Entry) -> Option<Arc<File>> {
+    /// Opens an entry's file for reading. Its checksums are checked (the whole file, on
+    /// the blocking pool) on first use in this process and whenever the file was touched
+    /// since its last check (another [`Stamp`]), before the file is handed out (for
+    /// passthrough, the kernel then reads it without us). `None` means the entry was
+    /// unusable and has been dropped.
+    async fn open_entry_file(&self, k: &CacheKey, entry: &Entry) -> Option<Arc<CachedFile>> {
         let disk = self.disk.as_ref()?;
         let path = disk.layout.entry_path(k);
         let same = |e: &Entry| e.etag == entry.etag && e.created_ms == entry.created_ms;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                // Usually an eviction that won the race with this open; else a file lost
-                // on disk. Drop the entry only if it is still the one we looked at.
-                debug!(path = %path.display(), error = %e, "cache file gone; fetching");
-                let _w = disk.write_lock.lock();
-                if disk.index.lock().peek(k).is_some_and(same) {
-                    self.remove_entries_locked(disk, &[*k]);
-                }
-                return None;
+        let dropped = |why: &str, corrupt: bool| {
+            if corrupt {
+                warn!(path = %path.display(), "{why}; fetching it again");
+                bump(&self.stats.corruptions);
+            } else {
+                debug!(path = %path.display(), "{why}; fetching it again");
             }
+            let _w = disk.write_lock.lock();
+            // Only if it is still the entry we looked at.
+            if disk.index.lock().peek(k).is_some_and(same) {
+                self.remove_entries_locked(disk, &[*k]);
+            }
+            None
+        };
+        let file = match disk.layout.open_entry(k) {
+            Ok(f) => f,
+            // Usually an eviction that won the race with this open; else a file lost on
+            // disk, or one that is not ours.
+            Err(e) => return dropped(&format!("cache file unusable ({e})"), false),
         };
         // Still the entry we validated? (Evicted and fetched again meanwhile: look again.)
         if !disk.index.lock().peek(k).is_some_and(same) {
             return None;
         }
-        if !file.metadata().is_ok_and(|m| m.len() == entry.size) {
-            warn!(path = %path.display(), "cache file has the wrong size; refetching");
-            bump(&self.stats.corruptions);
-            self.remove_entries(&[*k]);
-            return None;
+        let stamp = match Stamp::of(&file) {
+            Ok(s) => s,
+            Err(e) => return dropped(&format!("cache file unusable ({e})"), false),
+        };
+        if stamp.size != entry.size {
+            return dropped("cache file has the wrong size", true);
         }
         let file = Arc::new(file);
-        if !entry.verified {
-            let (f, size, want) = (file.clone(), entry.size, entry.crc32);
-            let ok =
-                tokio::task::spawn_blocking(move || checksum_file(&f, size).ok() == Some(want))
-                    .await
-                    .unwrap_or(false);
-            if !ok {
-                warn!(path = %path.display(), "cache file does not match its checksum; refetching");
-                bump(&self.stats.corruptions);
-                self.remove_entries(&[*k]);
-                return None;
+        let row = disk.db.row(k).ok().flatten();
+        let mut blocks = row.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();
+        if entry.checked != stamp.hash64() {
+            let (f, size) = (file.clone(), entry.size);
+            let sums = tokio::task::spawn_blocking(move || checksum_file(&f, size).ok())
+                .await
+                .ok()
+                .flatten();
+            let matches = sums.as_ref().is_some_and(|s| {
+                s.crc32 == entry.crc32 && (blocks.is_empty() || s.blocks == blocks)
+            });
+            if !matches {
+                return dropped("cache file does not match its checksum", true);
             }
-            disk.index.lock().set_verified(k);
+            if blocks.is_empty()
+                && let (Some(sums), Some(mut row)) = (sums, row)
+            {
+                // A row of an older version, or adopted from a file: now that the whole
+                // file matched, its block checksums can be kept.
+                blocks = sums.blocks;
+                row.blocks = blocks.clone();
+                let access = (entry.seq, entry.last_access_ms, entry.hits);
+                let _w = disk.write_lock.lock();
+                if disk.index.lock().peek(k).is_some_and(same) {
+                    let _ = disk.db.apply(
+                        &Batch {
+                            upserts: vec![(*k, row, access)],
+                            ..Batch::default()
+                        },
+                        false,
+                    );
+                }
+            }
+            disk.index.lock().set_checked(k, stamp.hash64());
         }
-        Some(file)
+        let n = blocks.len();
+        Some(Arc::new(CachedFile {
+            file,
+            key: *k,
+            created_ms: entry.created_ms,
+            blocks: Arc::new(blocks),
+            checked: Mutex::new(vec![false; n]),
+            corrupt: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// A block of an open cache file did not match its checksum: the entry goes (if it
+    /// is still the one the file was opened as), and the handle reads S3 from now on.
+    fn corrupt_file(&self, f: &CachedFile, bucket: &str, key: &str) {
+        if f.corrupt.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        bump(&self.stats.corruptions);
+        warn!(url = %s3_url(bucket, key), "a block of the cache file does not match its checksum: dropping the entry; reading S3 instead");
+        let Some(disk) = &self.disk else { return };
+        let _w = disk.write_lock.lock();
+        if disk
+            .index
+            .lock()
+            .peek(&f.key)
+            .is_some_and(|e| e.created_ms == f.created_ms)
+        {
+            self.remove_entries_locked(disk, &[f.key]);
+        }
     }
 
     /// Starts a fill with one round trip: the GET of the first part also says which
@@ -948,8 +1112,17 @@ impl Inner {
                 }
             }
         };
-        self.reserve_room(disk, &k, size, may_evict)?;
-        let (tmp_path, tmp) = match disk.layout.create_temp(&k) {
+        match self.reserve_room(disk, &k, size, may_evict) {
+            Err(CacheError::Full(_)) if !disk.pending.lock().is_empty() => {
+                // Room held by complete downloads awaiting their group commit: commit
+                // them now, so they can be evicted like any other entry.
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.commit_pending()).await;
+                self.reserve_room(disk, &k, size, may_evict)?;
+            }
+            other => other?,
+        }
+        let (tmp_name, tmp) = match disk.layout.create_temp(&k) {
             Ok(t) => t,
             Err(e) => {
                 disk.index.lock().unreserve(size);
@@ -958,9 +1131,9 @@ impl Inner {
         };
         if let Err(source) = tmp.set_len(size) {
             disk.index.lock().unreserve(size);
-            let _ = std::fs::remove_file(&tmp_path);
+            disk.layout.remove_temp(&tmp_name);
             return Err(CacheError::Io {
-                path: tmp_path,
+                path: disk.layout.dir().join(&tmp_name),
                 source,
             });
         }
@@ -972,12 +1145,11 @@ impl Inner {
             &etag,
             size,
             tmp,
-            tmp_path,
+            tmp_name,
             part,
             FillCtx {
                 store: self.store.clone(),
                 stats: self.stats.clone(),
-                read_timeout: self.cfg.read_timeout,
             },
         );
         fill.ahead_of_use = !may_evict;
@@ -998,7 +1170,8 @@ impl Inner {
 
     /// Holds room for a download of `size` bytes, evicting what must go. When nothing
     /// must, only the index lock is taken: a commit holding the write lock through its
-    /// fsync does not delay the next download.
+    /// fsync does not delay the next download. The size limit in force is the configured
+    /// one or, when the disk has less room, what the disk can take.
     fn reserve_room(
         &self,
         disk: &Disk,
@@ -1006,9 +1179,15 @@ impl Inner {
         size: u64,
         may_evict: bool,
     ) -> Result<(), CacheError> {
+        let cap = self.disk_cap(disk);
+        let no_room = |e: NoRoom| match e {
+            NoRoom::TooLarge(t) => CacheError::TooLarge(t),
+            NoRoom::Held => CacheError::Full(size),
+        };
         {
             let mut ix = disk.index.lock();
-            if ix.victims_for(k, size)?.is_empty() {
+            ix.set_disk_cap(cap);
+            if ix.victims_for(k, size).map_err(no_room)?.is_empty() {
                 ix.reserve(size);
                 return Ok(());
             }
@@ -1022,7 +1201,7 @@ impl Inner {
             // may have taken the room freed by the last round.
             let victims = {
                 let mut ix = disk.index.lock();
-                let victims = ix.victims_for(k, size)?;
+                let victims = ix.victims_for(k, size).map_err(no_room)?;
                 if victims.is_empty() {
                     ix.reserve(size);
                     return Ok(());
@@ -1034,53 +1213,58 @@ impl Inner {
         }
     }
 
+    /// The most the cache may hold on its disk now: what it holds plus the free space,
+    /// less a reserve left to everything else (5% of the filesystem, at most 1 GiB).
+    /// `None` when the disk has room for the configured limit, or cannot say.
+    fn disk_cap(&self, disk: &Disk) -> Option<u64> {
+        let space = disk.layout.space().ok()?;
+        let keep_free = (space.total / 20).min(1 << 30);
+        let held = disk.index.lock().total_size();
+        let cap = held.saturating_add(space.available.saturating_sub(keep_free));
+        (cap < self.cfg.max_size).then_some(cap)
+    }
+
     /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
-    fn finish_fill(&self, fill: &Arc<Fill>, result: Result<u32, FillFailure>) {
+    fn finish_fill(&self, fill: &Arc<Fill>, result: Result<Checksums, FillFailure>) {
         let Some(disk) = &self.disk else { return };
         let url = s3_url(&fill.bucket, &fill.object_key);
         match result {
-            Ok(crc32) => {
+            Ok(sums) => {
                 // The flight ends when the committer has put it in the index (or found
                 // it replaced by a newer version's download, and dropped it).
                 disk.pending.lock().push(Pending {
                     fill: fill.clone(),
-                    crc32,
+                    sums,
                 });
                 disk.commit_due.notify_one();
                 return;
             }
             Err(f) => {
-                // The file goes before its room is given back: the disk never holds more
-                // than the limits.
-                let _ = std::fs::remove_file(&fill.tmp_path);
+                // Closes the download's file for every handle of it, and unlinks it, so
+                // its space comes back now; then its room in the limits. Handles of it
+                // read S3 from here on.
+                fill.finish(Err(f.clone()));
+                disk.layout.remove_temp(&fill.tmp_name);
                 disk.index.lock().unreserve(fill.size);
                 match &f {
                     FillFailure::Failed(why) => {
-                        bump(&self.stats.errors);
+                        bump(&self.stats.downloads_failed);
                         warn!(%url, %why, "download failed; reads go to S3 directly");
                     }
                     FillFailure::NoSpace(why) => {
-                        bump(&self.stats.errors);
-                        // The disk holds less than the configured limit: give back room.
-                        let victims = {
-                            let ix = disk.index.lock();
-                            let mut freed = 0;
-                            ix.keys_lru_first()
-                                .into_iter()
-                                .take_while(|k| {
-                                    let go = freed < fill.size;
-                                    freed += ix.peek(k).map_or(0, |e| e.size);
-                                    go
-                                })
-                                .collect::<Vec<_>>()
-                        };
-                        warn!(%url, %why, evicting = victims.len(), "cache disk full; reads go to S3 directly");
-                        add(&self.stats.evictions, victims.len() as u64);
-                        self.remove_entries(&victims);
+                        bump(&self.stats.disk_full_events);
+                        bump(&self.stats.not_kept);
+                        let free = disk.layout.space().map_or(0, |s| s.available);
+                        warn!(
+                            %url, %why, dir = %disk.layout.dir().display(), free_bytes = free,
+                            "cache disk full: this download is dropped and read from S3; the \
+                             cache now keeps within the disk's free space"
+                        );
+                        // Other files took the room: keep within what the disk has now.
+                        self.trim_to_limits();
                     }
-                    FillFailure::Changed => {}
+                    FillFailure::Changed | FillFailure::Cancelled => {}
                 }
-                fill.finish(Err(f));
             }
         }
         self.end_flight(disk, fill);
@@ -1137,7 +1321,7 @@ impl Inner {
         let _w = disk.write_lock.lock();
         let now = self.clock.now_ms();
         let drop_download = |p: &Pending| {
-            let _ = std::fs::remove_file(&p.fill.tmp_path);
+            disk.layout.remove_temp(&p.fill.tmp_name);
             disk.index.lock().unreserve(p.fill.size);
         };
         let mut results: Vec<Result<bool, CacheError>> = Vec::with_capacity(batch.len());
@@ -1165,13 +1349,17 @@ impl Inner {
                     Err(e) => {
                         drop(ix);
                         drop_download(p);
-                        results.push(Err(e.into()));
+                        bump(&self.stats.not_kept);
+                        results.push(Err(match e {
+                            NoRoom::TooLarge(t) => CacheError::TooLarge(t),
+                            NoRoom::Held => CacheError::Full(f.size),
+                        }));
                         continue;
                     }
                 }
             };
             for v in &victims {
-                let _ = std::fs::remove_file(disk.layout.entry_path(v));
+                let _ = disk.layout.remove_entry(v);
             }
             {
                 let mut ix = disk.index.lock();
@@ -1182,14 +1370,21 @@ impl Inner {
             add(&self.stats.evictions, victims.len() as u64);
             db_batch.removes.extend(victims);
             let seq = disk.index.lock().next_seq() + db_batch.upserts.len() as u64;
-            let row = EntryRow {
+            let mut row = EntryRow {
                 url: s3_url(&f.bucket, &f.object_key),
                 profile: self.cfg.profile.clone(),
                 etag: f.etag.clone(),
                 size: f.size,
                 created_ms: now,
-                crc32: p.crc32,
+                crc32: p.sums.crc32,
+                blocks: Vec::new(),
             };
+            // The file carries its row (without the block checksums, which may not fit
+            // in an extended attribute), so a lost index can be rebuilt from the files.
+            if let (Some(file), Ok(json)) = (f.file(), serde_json::to_vec(&row)) {
+                disk.layout.write_row(&file, &json);
+            }
+            row.blocks = p.sums.blocks.clone();
             db_batch.upserts.push((f.key, row, (seq, now, 0)));
             results.push(Ok(true));
         }
@@ -1198,6 +1393,7 @@ impl Inner {
             for (p, r) in batch.iter().zip(results.iter_mut()) {
                 if matches!(r, Ok(true)) {
                     drop_download(p);
+                    bump(&self.stats.not_kept);
                     *r = Err(CacheError::Internal(e.to_string()));
                 }
             }
@@ -1208,8 +1404,7 @@ impl Inner {
                 continue;
             }
             let f = &p.fill;
-            let dest = disk.layout.entry_path(&f.key);
-            if let Err(source) = std::fs::rename(&f.tmp_path, &dest) {
+            if let Err(source) = disk.layout.commit_temp(&f.tmp_name, &f.key) {
                 let _ = disk.db.apply(
                     &Batch {
                         removes: vec![f.key],
@@ -1218,9 +1413,19 @@ impl Inner {
                     true,
                 );
                 drop_download(p);
-                *r = Err(CacheError::Io { path: dest, source });
+                bump(&self.stats.not_kept);
+                *r = Err(CacheError::Io {
+                    path: disk.layout.entry_path(&f.key),
+                    source,
+                });
                 continue;
             }
+            // Checked as it landed; its stamp after the rename says whether it was
+            // touched since.
+            let checked = f
+                .file()
+                .and_then(|file| Stamp::of(&file).ok())
+                .map_or(0, |s| s.hash64());
             // Only now may an open find it: the file is in place.
             let entry = Entry {
                 etag: f.etag.clone(),
@@ -1229,8 +1434,8 @@ impl Inner {
                 last_access_ms: now,
                 seq: 0,
                 hits: 0,
-                crc32: p.crc32,
-                verified: true,
+                crc32: p.sums.crc32,
+                checked,
             };
             {
                 let mut ix = disk.index.lock();
@@ -1258,7 +1463,7 @@ impl Inner {
             return;
         }
         for k in keys {
-            let _ = std::fs::remove_file(disk.layout.entry_path(k));
+            let _ = disk.layout.remove_entry(k);
         }
         {
             let mut ix = disk.index.lock();
@@ -1271,7 +1476,7 @@ impl Inner {
             ..Batch::default()
         };
         if let Err(e) = disk.db.apply(&batch, true) {
-            bump(&self.stats.errors);
+            // The files are gone: the rows are dropped at the next start's check.
             warn!(error = %e, "could not record removal in the cache index");
         }
     }
@@ -1290,18 +1495,23 @@ impl Inner {
         expired.len()
     }
 
+    /// Evicts least recently used entries until the cache is within its limits, the size
+    /// limit being the configured one or what the disk can take now, if less.
     fn trim_to_limits(&self) {
         let Some(disk) = &self.disk else { return };
+        let cap = self.disk_cap(disk);
         let victims = {
-            let ix = disk.index.lock();
-            if ix.total_size() <= ix.max_size() && ix.len() <= ix.max_entries() {
+            let mut ix = disk.index.lock();
+            ix.set_disk_cap(cap);
+            let limit = ix.size_limit();
+            if ix.total_size() <= limit && ix.len() <= ix.max_entries() {
                 return;
             }
             let mut bytes = ix.total_size();
             let mut count = ix.len();
             let mut v = Vec::new();
             for k in ix.keys_lru_first() {
-                if bytes <= ix.max_size() && count <= ix.max_entries() {
+                if bytes <= limit && count <= ix.max_entries() {
                     break;
                 }
                 if let Some(e) = ix.peek(&k) {
@@ -1336,38 +1546,98 @@ impl Inner {
         Ok(())
     }
 
-    /// After an unclean shutdown: drop index rows whose file is gone and delete files the
-    /// index does not know. Runs in the background; the cache is usable meanwhile.
-    fn recover(&self) {
-        let Some(disk) = &self.disk else { return };
-        let started = std::time::Instant::now();
-        let (mut orphans, mut missing) = (0usize, Vec::new());
-        for shard in 0..=255u8 {
-            let files = disk.layout.scan_shard(shard);
-            let _w = disk.write_lock.lock();
-            let ix = disk.index.lock();
-            for (key, path) in files {
-                if key.is_none_or(|k| !ix.contains(&k)) {
-                    let _ = std::fs::remove_file(&path);
-                    orphans += 1;
-                }
-            }
-        }
+    /// One shard of [`reconcile`]: what it adopted (with when each was last used), how
+    /// many files it removed and how many rows it dropped. `known` are the keys of this
+    /// shard the index held when the check began.
+    fn reconcile_shard(
+        &self,
+        shard: u8,
+        known: &[CacheKey],
+    ) -> (Vec<(CacheKey, u64)>, usize, usize) {
+        let (mut adopted, mut removed, mut dropped) = (Vec::new(), 0usize, 0usize);
+        let Some(disk) = &self.disk else {
+            return (adopted, removed, dropped);
+        };
         {
-            let keys: Vec<CacheKey> = disk.index.lock().iter().map(|(k, _)| *k).collect();
-            for k in keys {
-                if !disk.layout.entry_path(&k).exists() {
-                    missing.push(k);
+            let names = disk.layout.scan_shard(shard);
+            let _w = disk.write_lock.lock();
+            let mut batch = Batch::default();
+            let mut present = HashSet::new();
+            for (key, name) in names {
+                let Some(k) = key else {
+                    disk.layout.remove_in_shard(shard, &name);
+                    removed += 1;
+                    continue;
+                };
+                present.insert(k);
+                if disk.index.lock().contains(&k) || disk.flights.lock().contains_key(&k) {
+                    continue;
+                }
+                match self.adoptable(disk, &k) {
+                    Some((row, entry)) => {
+                        let access = (entry.seq, entry.last_access_ms, 0);
+                        adopted.push((k, entry.last_access_ms));
+                        let mut ix = disk.index.lock();
+                        ix.insert(k, entry);
+                        ix.demote(&k);
+                        batch.upserts.push((k, row, access));
+                    }
+                    None => {
+                        let _ = disk.layout.remove_entry(&k);
+                        removed += 1;
+                    }
                 }
             }
+            {
+                let mut ix = disk.index.lock();
+                for k in known {
+                    if !present.contains(k) && ix.remove(k).is_some() {
+                        batch.removes.push(*k);
+                        dropped += 1;
+                    }
+                }
+            }
+            if let Err(e) = disk.db.apply(&batch, false) {
+                warn!(error = %e, "recording the cache check in the index");
+            }
         }
-        self.remove_entries(&missing);
-        info!(
-            orphans_removed = orphans,
-            rows_dropped = missing.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "cache recovery after unclean shutdown finished"
-        );
+        (adopted, removed, dropped)
+    }
+
+    /// The row and entry of a file the index does not know, from the row it carries, if
+    /// that row is one of ours for this very file.
+    fn adoptable(&self, disk: &Disk, k: &CacheKey) -> Option<(EntryRow, Entry)> {
+        let (json, stamp) = disk.layout.read_row(k)?;
+        let row: EntryRow = serde_json::from_slice(&json).ok()?;
+        if CacheKey::from_url(&row.url, &row.profile) != *k || row.size != stamp.size {
+            return None;
+        }
+        let used_ms = (stamp.mtime_ns / 1_000_000).max(0) as u64;
+        let entry = Entry {
+            etag: row.etag.clone(),
+            size: row.size,
+            created_ms: row.created_ms,
+            last_access_ms: used_ms,
+            seq: 0,
+            hits: 0,
+            crc32: row.crc32,
+            checked: 0,
+        };
+        Some((row, entry))
+    }
+
+    /// Ends every download under way: each one's flight ends now, so its eventual
+    /// commit finds itself replaced and drops it, and one that has started stops fetching
+    /// and closes and removes its file (its handles read S3 from here on).
+    fn cancel_downloads(&self, disk: &Disk) -> usize {
+        let flights: Vec<Flight> = disk.flights.lock().drain().map(|(_, (_, f))| f).collect();
+        for f in &flights {
+            if let Some(Ok(fill)) = f.peek() {
+                fill.finish(Err(FillFailure::Cancelled));
+                disk.layout.remove_temp(&fill.tmp_name);
+            }
+        }
+        flights.len()
     }
 
     fn close(&self) -> Result<(), CacheError> {
@@ -1375,6 +1645,9 @@ impl Inner {
             return Ok(());
         };
         self.commit_pending();
+        // Downloads still waiting for bytes are dropped: their files go now, not at the
+        // next start.
+        self.cancel_downloads(disk);
         self.flush_touches(true)?;
         disk.db.set_meta("clean", 1)?;
         Ok(())
@@ -1385,6 +1658,82 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Err(e) = self.close() {
             warn!(error = %e, "closing the cache index");
+        }
+    }
+}
+
+/// Checks the disk against the index, at every start, in the background: a file the
+/// index does not know is adopted when it carries its row (the index was lost or set
+/// aside) and is removed otherwise; a row whose file is gone is dropped; then the limits
+/// are enforced. Adopted entries come last in LRU order and are checked against their
+/// checksum on first use, like every entry after a restart. Holds the cache only one
+/// shard at a time, so closing it is never held up.
+fn reconcile(cache: &Weak<Inner>) {
+    let started = std::time::Instant::now();
+    let mut by_shard: Vec<Vec<CacheKey>> = vec![Vec::new(); 256];
+    {
+        let Some(inner) = cache.upgrade() else { return };
+        let Some(disk) = &inner.disk else { return };
+        for (k, _) in disk.index.lock().iter() {
+            by_shard[k.0[0] as usize].push(*k);
+        }
+    }
+    let (mut adopted, mut removed, mut dropped) = (Vec::new(), 0usize, 0usize);
+    for shard in 0..=255u8 {
+        let Some(inner) = cache.upgrade() else { return };
+        let (a, r, d) = inner.reconcile_shard(shard, &by_shard[shard as usize]);
+        adopted.extend(a);
+        removed += r;
+        dropped += d;
+    }
+    let Some(inner) = cache.upgrade() else { return };
+    let Some(disk) = &inner.disk else { return };
+    // Oldest use last.
+    adopted.sort_by_key(|(_, used)| std::cmp::Reverse(*used));
+    {
+        let mut ix = disk.index.lock();
+        for (k, _) in &adopted {
+            ix.demote(k);
+        }
+    }
+    // Written durably with the LRU positions below.
+    disk.dirty.lock().extend(adopted.iter().map(|(k, _)| *k));
+    inner.trim_to_limits();
+    if let Err(e) = inner.flush_touches(true) {
+        warn!(error = %e, "recording the cache check in the index");
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if !adopted.is_empty() || removed > 0 || dropped > 0 {
+        info!(
+            adopted = adopted.len(),
+            removed,
+            rows_dropped = dropped,
+            elapsed_ms,
+            "cache checked against the disk"
+        );
+    } else {
+        debug!(
+            elapsed_ms,
+            "cache checked against the disk: index and files agree"
+        );
+    }
+}
+
+/// Opens the index; one that cannot be read (truncated, damaged) is set aside and a new
+/// one started, which the background check then fills from the files on disk. An index
+/// of a newer version is left alone: the cache cannot be used.
+fn open_index(layout: &Layout) -> Result<(IndexDb, db::Loaded), CacheError> {
+    let path = layout.index_path()?;
+    match IndexDb::open(&path) {
+        Ok(opened) => Ok(opened),
+        Err(e) if e.kind != db::DbErrorKind::Broken => Err(e.into()),
+        Err(e) => {
+            let aside = layout.set_index_aside()?;
+            warn!(
+                error = %e, moved_to = %aside.display(),
+                "cache index unreadable: set aside; rebuilding it from the cached files"
+            );
+            Ok(IndexDb::open(&path)?)
         }
     }
 }
@@ -1419,22 +1768,22 @@ pub(crate) fn plain_md5(etag: &str) -> Option<String> {
     (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
 }
 
-fn checksum_file(file: &File, size: u64) -> io::Result<u32> {
-    let mut crc = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+fn checksum_file(file: &File, size: u64) -> io::Result<Checksums> {
+    let mut sums = fill::ChecksumBuilder::default();
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
     let mut off = 0u64;
     loop {
         let n = file.read_at(&mut buf, off)?;
         if n == 0 {
             break;
         }
-        crc.update(&buf[..n]);
+        sums.update(&buf[..n]);
         off += n as u64;
     }
     if off != size {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "size changed"));
     }
-    Ok(crc.finalize())
+    Ok(sums.finish())
 }
 
 #[cfg(test)]

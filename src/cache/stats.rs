@@ -28,6 +28,14 @@ pub struct Stats {
     pub read_requests: AtomicU64,
     /// Downloads started ahead of use (directory read-ahead).
     pub prefetches: AtomicU64,
+    /// Objects read but not kept for lack of room: larger than the cache (or than the
+    /// disk can take), no room beside downloads under way, or the disk filled up.
+    pub not_kept: AtomicU64,
+    /// Downloads into the cache that failed (network, S3 or local disk trouble); their
+    /// reads went to S3 directly.
+    pub downloads_failed: AtomicU64,
+    /// Writes to the cache that found its disk full (ENOSPC, EDQUOT).
+    pub disk_full_events: AtomicU64,
     started: Instant,
 }
 
@@ -49,6 +57,9 @@ impl Default for Stats {
             passthrough_opens: AtomicU64::new(0),
             read_requests: AtomicU64::new(0),
             prefetches: AtomicU64::new(0),
+            not_kept: AtomicU64::new(0),
+            downloads_failed: AtomicU64::new(0),
+            disk_full_events: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -85,21 +96,42 @@ pub struct StatsSnapshot {
     pub errors: u64,
     pub passthrough_opens: u64,
     pub read_requests: u64,
-    /// Absent from documents of older versions.
+    /// Absent from documents of older versions (as every field below).
     #[serde(default)]
     pub prefetches: u64,
+    #[serde(default)]
+    pub not_kept: u64,
+    #[serde(default)]
+    pub downloads_failed: u64,
+    #[serde(default)]
+    pub disk_full_events: u64,
+    /// 1 while S3 cannot be reached (requests fail at once, cached files are served).
+    #[serde(default)]
+    pub s3_unreachable: u64,
     pub uptime_seconds: u64,
 }
 
+/// What the counters do not know: the cache's current levels and limits, and S3's state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Levels {
+    pub enabled: bool,
+    pub entry_count: u64,
+    pub total_size: u64,
+    pub max_size: u64,
+    pub max_entries: u64,
+    pub s3_unreachable: bool,
+}
+
 impl Stats {
-    pub(crate) fn snapshot(
-        &self,
-        enabled: bool,
-        entry_count: u64,
-        total_size: u64,
-        max_size: u64,
-        max_entries: u64,
-    ) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self, levels: Levels) -> StatsSnapshot {
+        let Levels {
+            enabled,
+            entry_count,
+            total_size,
+            max_size,
+            max_entries,
+            s3_unreachable,
+        } = levels;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let hits = get(&self.hits);
         let misses = get(&self.misses);
@@ -130,6 +162,10 @@ impl Stats {
             passthrough_opens: get(&self.passthrough_opens),
             read_requests: get(&self.read_requests),
             prefetches: get(&self.prefetches),
+            not_kept: get(&self.not_kept),
+            downloads_failed: get(&self.downloads_failed),
+            disk_full_events: get(&self.disk_full_events),
+            s3_unreachable: u64::from(s3_unreachable),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

@@ -171,10 +171,11 @@ async fn answer(req: Request, cache: &Cache, status: &Status) -> Response {
             // Unlinking thousands of files is blocking work.
             let c = cache.clone();
             match tokio::task::spawn_blocking(move || c.clear()).await {
-                Ok(removed) => {
-                    info!(removed, "cache cleared on request");
+                Ok((entries, downloads)) => {
+                    info!(entries, downloads, "cache cleared on request");
+                    // A download under way is an entry to be: the user just read it.
                     Response::Cleared {
-                        removed: removed as u64,
+                        removed: (entries + downloads) as u64,
                     }
                 }
                 Err(e) => Response::Error {

@@ -45,6 +45,7 @@ impl FsError {
             StoreError::PreconditionFailed(_) => FsError::Stale,
             StoreError::Throttled(m)
             | StoreError::Transient(m)
+            | StoreError::NoAnswer(m)
             | StoreError::Unavailable(m)
             | StoreError::NoCredentials(m)
             | StoreError::Other(m) => FsError::Io(m),

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{Cache, ObjectHandle, Outcome};
 use crate::config::Source;
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, StoreError};
 use inode::{InodeTable, Node, NodeData};
 
 pub const ROOT_INO: u64 = 1;
@@ -185,7 +185,21 @@ impl S3Fs {
         Bytes::from(s)
     }
 
+    /// Counts an error a program sees as EIO (`errors` in `.cache-stats`) and passes it on.
+    fn counted(&self, e: FsError) -> FsError {
+        if e.errno() == libc::EIO {
+            self.cache.count_error();
+        }
+        e
+    }
+
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        self.lookup_inner(parent, name)
+            .await
+            .map_err(|e| self.counted(e))
+    }
+
+    async fn lookup_inner(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         if parent == ROOT_INO && name == STATS_NAME {
             return self.getattr(STATS_INO);
         }
@@ -252,9 +266,11 @@ impl S3Fs {
         }
     }
 
-    /// The children of a directory, listed again from S3 when older than the TTL.
+    /// The children of a directory, listed again from S3 when older than the TTL. When S3
+    /// cannot be asked (unreachable, timing out, failing), the last listing is served
+    /// instead, if there is one (stale-if-error, counted in `stale_served`).
     async fn listing(&self, dir: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
-        let (bucket, prefix) = {
+        let (bucket, prefix, last) = {
             let inodes = self.inodes.lock();
             let node = inodes.get(dir).ok_or(FsError::NotFound)?;
             let NodeData::Dir {
@@ -270,27 +286,45 @@ impl S3Fs {
             {
                 return Ok(entries.clone());
             }
-            (bucket.clone(), prefix.clone())
+            let last = children.as_ref().map(|(_, e)| e.clone());
+            (bucket.clone(), prefix.clone(), last)
         };
+        match (self.list_from_s3(dir, bucket, prefix).await, last) {
+            (Ok(entries), _) => Ok(entries),
+            (Err(e), Some(last)) if e.is_transient() => {
+                debug!(dir, error = %e, "S3 cannot be asked; serving the last listing");
+                self.cache
+                    .counters()
+                    .stale_served
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(last)
+            }
+            (Err(e), _) => {
+                if !matches!(e, StoreError::NotFound(_) | StoreError::Unavailable(_)) {
+                    warn!(dir, error = %e, "listing failed");
+                }
+                Err(FsError::from_store(e))
+            }
+        }
+    }
+
+    /// Lists `dir` (`bucket` and `prefix` are its place in S3) and makes it the current
+    /// listing.
+    async fn list_from_s3(
+        &self,
+        dir: u64,
+        bucket: Option<String>,
+        prefix: String,
+    ) -> Result<Arc<Vec<DirEntry>>, StoreError> {
         let fetched_at = Instant::now();
         let mut dirs: Vec<String> = Vec::new();
         let mut files: Vec<(String, ObjectMeta)> = Vec::new();
         match &bucket {
             None => {
-                dirs = self
-                    .cache
-                    .store()
-                    .list_buckets()
-                    .await
-                    .map_err(FsError::from_store)?;
+                dirs = self.cache.store().list_buckets().await?;
             }
             Some(b) => {
-                let listing = self
-                    .cache
-                    .store()
-                    .list(b, &prefix, Some("/"))
-                    .await
-                    .map_err(FsError::from_store)?;
+                let listing = self.cache.store().list(b, &prefix, Some("/")).await?;
                 for p in listing.prefixes {
                     let name = p.strip_prefix(prefix.as_str()).unwrap_or(&p);
                     let name = name.strip_suffix('/').unwrap_or(name);
@@ -392,7 +426,7 @@ impl S3Fs {
     }
 
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        let children = self.listing(ino).await?;
+        let children = self.listing(ino).await.map_err(|e| self.counted(e))?;
         let parent = self
             .inodes
             .lock()
@@ -486,22 +520,30 @@ impl S3Fs {
             }
         };
         let known_etag = known.as_ref().and_then(|m| m.etag.clone());
-        let handle = if direct {
-            self.cache.open_uncached(&bucket, &key).await
-        } else {
-            self.cache.open_object(&bucket, &key, known).await
+        let opening = async {
+            if direct {
+                self.cache.open_uncached(&bucket, &key).await
+            } else {
+                self.cache.open_object(&bucket, &key, known).await
+            }
         };
-        let handle = match handle {
-            Ok(h) => h,
-            Err(e) => {
+        // However many requests the open takes (a HEAD, the first part), it answers
+        // within the read timeout.
+        let within = self.cache.config().read_timeout;
+        let handle = match tokio::time::timeout(within, opening).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
                 let err = FsError::from_cache(&e);
                 if matches!(err, FsError::NotFound) {
                     self.inodes.lock().forget_listing_of(ino);
-                } else {
+                } else if !matches!(e.store_error(), Some(StoreError::Unavailable(_))) {
                     warn!(url = %crate::cache::s3_url(&bucket, &key), error = %e, "open failed");
-                    crate::cache::bump_errors(&self.cache);
                 }
-                return Err(err);
+                return Err(self.counted(err));
+            }
+            Err(_) => {
+                warn!(url = %crate::cache::s3_url(&bucket, &key), "open failed: no answer from S3 within the read timeout");
+                return Err(self.counted(FsError::Io("no answer from S3 in time".into())));
             }
         };
         debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
@@ -654,7 +696,7 @@ impl S3Fs {
                     .read_requests
                     .fetch_add(1, Ordering::Relaxed);
                 h.try_read(offset, size as usize)
-                    .map(|r| r.map_err(|e| FsError::from_cache(&e)))
+                    .map(|r| r.map_err(|e| self.counted(FsError::from_cache(&e))))
             }
         }
     }
@@ -667,9 +709,10 @@ impl S3Fs {
             None => return Err(FsError::BadHandle),
         };
         h.read(offset, size as usize).await.map_err(|e| {
-            warn!(url = %crate::cache::s3_url(&h.bucket, &h.key), error = %e, "read failed");
-            crate::cache::bump_errors(&self.cache);
-            FsError::from_cache(&e)
+            if !matches!(e.store_error(), Some(StoreError::Unavailable(_))) {
+                warn!(url = %crate::cache::s3_url(&h.bucket, &h.key), error = %e, "read failed");
+            }
+            self.counted(FsError::from_cache(&e))
         })
     }
 

@@ -30,10 +30,14 @@ pub enum StoreError {
     /// 429 / 503 SlowDown after every attempt.
     #[error("throttled by the server: {0}")]
     Throttled(String),
-    /// The server could not be reached or gave no answer in time (connection refused,
-    /// DNS, timeouts), or kept failing (5xx) after every attempt.
+    /// The server answered with a failure (5xx) after every attempt, or a body was cut
+    /// off: worth trying again later.
     #[error("{0}")]
     Transient(String),
+    /// The server could not be reached or gave no answer in time (connection refused,
+    /// DNS, timeouts) after every attempt: it counts as unreachable (see `breaker.rs`).
+    #[error("{0}")]
+    NoAnswer(String),
     /// Not asked: the server was found unreachable moments ago and is being probed in
     /// the background (see `breaker.rs`). Fails at once instead of waiting again.
     #[error("{0}")]
@@ -50,7 +54,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Throttled(_) | StoreError::Transient(_) | StoreError::Unavailable(_)
+            StoreError::Throttled(_)
+                | StoreError::Transient(_)
+                | StoreError::NoAnswer(_)
+                | StoreError::Unavailable(_)
         )
     }
 }
@@ -119,6 +126,21 @@ pub trait ObjectStore: Send + Sync + 'static {
         delimiter: Option<&str>,
     ) -> StoreResult<Listing>;
     async fn head(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta>;
+    /// A HEAD that gives up after `within` (a transient error then): for checking a
+    /// cached copy, which can be served if S3 does not answer quickly.
+    async fn head_within(
+        &self,
+        bucket: &str,
+        key: &str,
+        within: std::time::Duration,
+    ) -> StoreResult<ObjectMeta> {
+        match tokio::time::timeout(within, self.head(bucket, key)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::NoAnswer(format!(
+                "s3://{bucket}/{key}: no answer within {within:?}"
+            ))),
+        }
+    }
     /// GET of `range` (the whole object when `None`), failing with
     /// [`StoreError::PreconditionFailed`] when `if_match` no longer matches.
     async fn get_range(

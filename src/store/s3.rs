@@ -150,10 +150,21 @@ impl S3Store {
     /// Runs one request: up to `max_attempts` attempts within `request_timeout`, retrying
     /// throttling and network or server failures with backoff. A request that ends without
     /// any answer marks the endpoint unreachable; any answer marks it reachable.
-    async fn call<T, F, Fut>(
+    async fn call<T, F, Fut>(&self, what: &str, bucket: Option<&str>, attempt: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        self.call_within(what, bucket, self.request_timeout, attempt)
+            .await
+    }
+
+    /// [`S3Store::call`] with its own time limit.
+    async fn call_within<T, F, Fut>(
         &self,
         what: &str,
         bucket: Option<&str>,
+        within: Duration,
         mut attempt: F,
     ) -> StoreResult<T>
     where
@@ -169,16 +180,16 @@ impl S3Store {
         if self.breaker.is_open() {
             return Err(StoreError::Unavailable(self.breaker.refusal(what)));
         }
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = Instant::now() + within;
         let mut n = 0;
         loop {
             n += 1;
             let answer = match tokio::time::timeout_at(deadline, attempt()).await {
                 Ok(r) => r,
-                Err(_) => Err(StoreError::Transient(format!(
+                Err(_) => Err(StoreError::NoAnswer(format!(
                     "{what}: no answer from {} within {:.1}s",
                     self.breaker.endpoint(),
-                    self.request_timeout.as_secs_f64()
+                    within.as_secs_f64()
                 ))),
             };
             let err = match answer {
@@ -196,12 +207,12 @@ impl S3Store {
             };
             let pause = backoff(n, matches!(err, StoreError::Throttled(_)));
             if n >= self.max_attempts || Instant::now() + pause >= deadline {
-                if let StoreError::Transient(why) = &err {
+                if let StoreError::NoAnswer(why) = &err {
                     if self.breaker.unreachable(why) {
                         self.start_probe();
                     }
                 } else {
-                    // Throttled: the server answered, it is just busy.
+                    // Throttled or failing: the server answered.
                     self.breaker.answered();
                 }
                 return Err(err);
@@ -245,7 +256,7 @@ impl S3Store {
                     }
                 };
                 match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
-                    Ok(Err(StoreError::Transient(why))) => debug!(%why, "probe: still unreachable"),
+                    Ok(Err(StoreError::NoAnswer(why))) => debug!(%why, "probe: still unreachable"),
                     Ok(_) => {
                         b.answered();
                         return;
@@ -291,7 +302,7 @@ where
         }
         (SdkError::DispatchFailure(d), _) if d.is_user() => StoreError::Other(msg),
         (SdkError::TimeoutError(_), _) | (SdkError::DispatchFailure(_), _) => {
-            StoreError::Transient(msg)
+            StoreError::NoAnswer(msg)
         }
         // The server answered something unreadable: only a cut-off body is worth retrying.
         (SdkError::ResponseError(_), _) if io_error(&err) => StoreError::Transient(msg),
@@ -519,9 +530,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta> {
+        self.head_within(bucket, key, self.request_timeout).await
+    }
+
+    async fn head_within(
+        &self,
+        bucket: &str,
+        key: &str,
+        within: Duration,
+    ) -> StoreResult<ObjectMeta> {
         let target = what(bucket, key);
         let out = self
-            .call(&target, Some(bucket), || async {
+            .call_within(&target, Some(bucket), within, || async {
                 self.client
                     .head_object()
                     .bucket(bucket)

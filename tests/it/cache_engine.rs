@@ -456,7 +456,7 @@ async fn clear_empties_the_cache_but_open_handles_keep_reading() {
     let cache = env.cache(env.cache_config()).await;
     let h = fetch(&cache, "bkt", "a").await;
     fetch(&cache, "bkt", "b").await;
-    assert_eq!(cache.clear(), 2);
+    assert_eq!(cache.clear(), (2, 0));
     let s = cache.stats();
     assert_eq!((s.entry_count, s.total_size), (0, 0));
     assert!(!cache.entry_path("bkt", "a").expect("path").exists());

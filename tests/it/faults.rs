@@ -157,57 +157,127 @@ async fn an_object_replaced_between_head_and_get_is_read_whole_in_one_version() 
     assert!(got == v2, "the version there now, whole");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_falls_back_to_s3_and_leaves_no_partial_file() {
-    let env = Env::new();
-    let dir = env.cache_dir();
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    // A 2 MiB filesystem under a cache that believes it may use 64 MiB.
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&dir)
-        .status()
-        .expect("mount tmpfs");
-    assert!(st.success(), "mount tmpfs (the tests run as root)");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
+/// A small tmpfs at the cache directory, unmounted (lazily) on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount tmpfs");
+        assert!(st.success(), "mount tmpfs (the tests run as root)");
+        SmallDisk(dir.to_path_buf())
     }
-    let _umount = Umount(dir.clone());
-    env.server.put("bkt", "small", pattern(66, 500_000));
-    let big = pattern(67, 6 << 20);
-    env.server.put("bkt", "big", big.clone());
-    {
-        let cache = small_parts_cache(&env).await;
-        let h = cache.open_object("bkt", "small", None).await.expect("open");
-        read_all(&h).await.expect("small");
-        cache.wait_for_downloads().await;
-        assert!(cache.contains("bkt", "small"));
-        let h = cache.open_object("bkt", "big", None).await.expect("open");
-        assert!(read_all(&h).await.expect("big is still read") == big);
-        cache.wait_for_downloads().await;
-        assert!(!cache.contains("bkt", "big"), "not kept: it did not fit");
-        assert_eq!(tmp_files(&env), 0, "no partial file left");
-        let s = cache.stats();
-        assert!(s.errors >= 1 && s.evictions >= 1, "{s:?}");
-        cache.close().expect("close");
+
+    /// Bytes in use on it, as `df` says.
+    fn used(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).expect("statvfs");
+        (st.f_blocks - st.f_bfree) * st.f_frsize
     }
 }
 
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Another program fills the cache's disk while an object downloads: the download is
+/// dropped and its file closed at once, so the space comes back (df shows only what the
+/// index accounts for); the read goes on from S3 with the right bytes; once there is
+/// room again, the next object is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unusable_cache_dir_means_uncached_reads_not_failure() {
+async fn a_full_disk_gives_its_space_back_and_caches_again_once_there_is_room() {
     let env = Env::new();
-    env.server.put("bkt", "obj", "still readable");
+    let disk = SmallDisk::mount(&env.cache_dir(), "16m");
+    let big = pattern(67, 12 << 20);
+    env.server.put("bkt", "big", big.clone());
+    let small = pattern(66, 3 << 20);
+    env.server.put("bkt", "small", small.clone());
+    let mut cfg = env.cache_config();
+    cfg.part_size = 1 << 20;
+    cfg.fill_concurrency = 1;
+    let cache = env.cache(cfg).await;
+    let empty = disk.used();
+    // Slow enough (one GET at a time, 4 MiB/s) that the filler below lands while the
+    // download is under way.
+    env.server.faults.get_rate.store(4 << 20, Ordering::SeqCst);
+    let h = cache.open_object("bkt", "big", None).await.expect("open");
+    assert_eq!(h.outcome, Outcome::Miss);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let landed = disk.used() - empty;
+    assert!(landed > 2 << 20, "some of the download landed: {landed}");
+    // Another program takes every byte left.
+    let filler = env.cache_dir().join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![7u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    let filler_len = std::fs::metadata(&filler).expect("filler").len();
+    env.server.faults.get_rate.store(0, Ordering::SeqCst);
+    assert!(read_all(&h).await.expect("big is still read") == big);
+    // The partial download's space is back within a second of the disk filling up.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let over = disk
+            .used()
+            .saturating_sub(empty + filler_len + cache.stats().total_size);
+        if over < 256 << 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{over} bytes beyond the filler and the index: the dropped download's space was not given back; {:?}, landed {landed}, filler {filler_len}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cache.wait_for_downloads().await;
+    assert!(
+        !cache.contains("bkt", "big"),
+        "not kept: the disk filled up"
+    );
+    assert_eq!(tmp_files(&env), 0, "no partial file left");
+    let s = cache.stats();
+    assert!(s.disk_full_events >= 1 && s.not_kept >= 1, "{s:?}");
+    assert_eq!(s.errors, 0, "no read failed: {s:?}");
+    // Room again: the next object is cached.
+    std::fs::remove_file(&filler).expect("rm filler");
+    let h = cache.open_object("bkt", "small", None).await.expect("open");
+    assert!(read_all(&h).await.expect("small") == small);
+    cache.wait_for_downloads().await;
+    assert!(
+        cache.contains("bkt", "small"),
+        "cached again once there was room"
+    );
+    cache.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_dir_that_is_a_file_is_refused_with_a_clear_error() {
+    let env = Env::new();
     // A file where the cache directory should be.
     std::fs::write(env.cache_dir(), "not a directory").expect("write");
-    let cache = env.cache(env.cache_config()).await;
-    let h = cache.open_object("bkt", "obj", None).await.expect("open");
-    assert_eq!(h.outcome, Outcome::Direct);
-    assert_eq!(read_all(&h).await.expect("read"), b"still readable");
-    assert!(!cache.stats().enabled);
+    let store = env.store().await;
+    let err = Cache::open(
+        env.cache_config(),
+        store,
+        std::sync::Arc::new(s3cachefs::cache::SystemClock),
+    )
+    .expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not a directory") && msg.contains("--cache-dir"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.cache_dir()).expect("untouched"),
+        "not a directory"
+    );
 }

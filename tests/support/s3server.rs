@@ -73,6 +73,9 @@ pub struct Faults {
     /// Answer GETs with the whole object whatever Range asks, as a server without range
     /// support does.
     pub ignore_range: std::sync::atomic::AtomicBool,
+    /// The server as if stopped with SIGSTOP: connections are still accepted (the kernel
+    /// does that), but no request is answered and bodies under way stop, until cleared.
+    pub frozen: std::sync::atomic::AtomicBool,
 }
 
 impl Faults {
@@ -133,6 +136,20 @@ impl TestServer {
     /// Serves the objects under `root` (one subdirectory per bucket) on 127.0.0.1 at
     /// `port` (0 picks a free one).
     pub fn start(root: &Path, port: u16) -> std::io::Result<TestServer> {
+        TestServer::start_with(
+            root,
+            port,
+            Arc::new(Faults::default()),
+            Arc::new(Counters::default()),
+        )
+    }
+
+    fn start_with(
+        root: &Path,
+        port: u16,
+        faults: Arc<Faults>,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<TestServer> {
         std::fs::create_dir_all(root)?;
         let fs = s3s_fs::FileSystem::new(root)
             .map_err(|e| std::io::Error::other(format!("s3s-fs: {e:?}")))?;
@@ -142,8 +159,6 @@ impl TestServer {
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         builder.set_access(AllowAll);
         let inner = builder.build();
-        let faults = Arc::new(Faults::default());
-        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             inner,
             faults: faults.clone(),
@@ -200,6 +215,30 @@ impl TestServer {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Stops serving: connections are refused (and those open are dropped) until
+    /// [`TestServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Serves again, on the same port and objects, with the same faults and counters.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        let again = TestServer::start_with(
+            &self.root,
+            self.addr.port(),
+            self.faults.clone(),
+            self.counters.clone(),
+        )?;
+        *self = again;
+        Ok(())
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -264,12 +303,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        self.stop();
     }
 }
 
@@ -332,6 +366,9 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
             .lock()
             .entry(path.clone())
             .or_default() += 1;
+    }
+    while sh.faults.frozen.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let latency = sh.faults.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
@@ -412,6 +449,9 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
             return error_response(500, "InternalError");
         }
     };
+    if kind == Kind::List && resp.status().is_success() && query.contains("encoding-type=url") {
+        return url_encode_listing(resp).await;
+    }
     if kind != Kind::Get || !resp.status().is_success() {
         return resp;
     }
@@ -430,6 +470,7 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
         started: tokio::time::Instant::now(),
         sleep: None,
         counters: sh.counters.clone(),
+        faults: sh.faults.clone(),
     };
     Response::from_parts(parts, s3s::Body::http_body(body))
 }
@@ -444,6 +485,7 @@ struct FaultyBody {
     started: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     counters: Arc<Counters>,
+    faults: Arc<Faults>,
 }
 
 #[derive(Debug)]
@@ -471,6 +513,13 @@ impl http_body::Body for FaultyBody {
                 return Poll::Pending;
             }
             this.sleep = None;
+        }
+        if this.faults.frozen.load(Ordering::SeqCst) {
+            // Look again a little later, as a stopped process would resume.
+            let mut s = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
+            let _ = s.as_mut().poll(cx);
+            this.sleep = Some(s);
+            return Poll::Pending;
         }
         if this.cut.is_some_and(|c| this.sent >= c) {
             return Poll::Ready(Some(Err(Box::new(Cut))));
@@ -518,3 +567,61 @@ impl http_body::Body for FaultyBody {
 }
 
 use std::future::Future;
+
+/// s3s-fs echoes `encoding-type=url` but sends keys as they are, and characters XML 1.0
+/// cannot carry (\x01, ESC) then break the whole document. Real S3 percent-encodes keys
+/// and prefixes (a space as `+`): done here for `Key`, `Prefix`, `StartAfter` and
+/// `Delimiter` elements.
+async fn url_encode_listing(resp: Response<s3s::Body>) -> Response<s3s::Body> {
+    let (mut parts, mut body) = resp.into_parts();
+    let Ok(xml) = body.store_all_limited(64 << 20).await else {
+        return error_response(500, "InternalError");
+    };
+    let xml = String::from_utf8_lossy(&xml).into_owned();
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml.as_str();
+    'outer: while !rest.is_empty() {
+        for tag in ["Key", "Prefix", "StartAfter", "Delimiter"] {
+            let open = format!("<{tag}>");
+            let close = format!("</{tag}>");
+            if let Some(after) = rest.strip_prefix(open.as_str())
+                && let Some(end) = after.find(close.as_str())
+            {
+                out.push_str(&open);
+                out.push_str(&s3_url_encode(&xml_unescape(&after[..end])));
+                out.push_str(&close);
+                rest = &after[end + close.len()..];
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    parts.headers.remove("content-length");
+    Response::from_parts(parts, s3s::Body::from(out))
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// As S3 does for `encoding-type=url`: unreserved characters and `/` as they are, a space
+/// as `+`, everything else as %XX.
+fn s3_url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
