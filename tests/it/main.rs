@@ -9,4 +9,6 @@ mod common;
 mod faults;
 mod index_model;
 mod mount;
+mod offline;
 mod ops;
+mod trust;

@@ -54,6 +54,15 @@ impl Mount {
 
     /// Like `start`, with the mount's log (its stderr in the foreground) going to `log`.
     pub fn start_logging_to(env: &Env, extra: &[&str], log: Stdio) -> Mount {
+        Mount::start_full(env, &env.cache_dir(), extra, log)
+    }
+
+    /// Like `start`, on another cache dir than the env's.
+    pub fn start_with_cache(env: &Env, cache_dir: &Path, extra: &[&str]) -> Mount {
+        Mount::start_full(env, cache_dir, extra, Stdio::inherit())
+    }
+
+    fn start_full(env: &Env, cache_dir: &Path, extra: &[&str], log: Stdio) -> Mount {
         let path = env.tmp.path().join("mnt");
         std::fs::create_dir_all(&path).expect("mountpoint");
         let mut cmd = bin();
@@ -66,7 +75,7 @@ impl Mount {
                 "--force-path-style",
             ])
             .arg("--cache-dir")
-            .arg(env.cache_dir())
+            .arg(cache_dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
@@ -556,6 +565,15 @@ fn mount_fails(env: &Env, mp: &Path, extra: &[&str], vars: &[(&str, &str)]) -> (
     let out = cmd.output().expect("run");
     let _guard = scopeguard(mp);
     assert!(!is_mounted(mp), "nothing mounted on failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // What a person sees of a failed mount (exit 1; usage errors are clap's) is a
+    // sentence or two, not the SDK's debug output.
+    if out.status.code() == Some(1) {
+        assert!(err.lines().count() <= 2 && err.len() < 400, "{err}");
+        for debris in ["ServiceError", "Response {", "source:", "DispatchFailure"] {
+            assert!(!err.contains(debris), "{err}");
+        }
+    }
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).to_string(),
@@ -592,6 +610,21 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
     assert_eq!(code, 1);
     assert!(err.contains("access denied"), "{err}");
 
+    let home = env.tmp.path().join("empty-home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let (code, err) = mount_fails(
+        &env,
+        &mp,
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("HOME", &home.display().to_string()),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("credentials"), "{err}");
+
     let (code, err) = mount_fails(
         &env,
         &mp,
@@ -617,11 +650,17 @@ fn bad_settings_and_unusable_targets_fail_with_clear_messages() {
     assert!(err.contains("in use by another s3cachefs process"), "{err}");
 }
 
-fn stat_u64(m: &Mount, field: &str) -> u64 {
-    m.stats()[field].as_u64().unwrap_or(0)
+/// A `.cache-stats` counter; a missing or non-numeric field fails the test, so a
+/// renamed counter cannot pass an `== 0` check.
+pub fn stat_u64(m: &Mount, field: &str) -> u64 {
+    let stats = m.stats();
+    match stats[field].as_u64() {
+        Some(v) => v,
+        None => panic!("no counter {field:?} in .cache-stats: {stats}"),
+    }
 }
 
-fn wait_until(cond: impl Fn() -> bool, what: &str) {
+pub fn wait_until(cond: impl Fn() -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
@@ -629,7 +668,7 @@ fn wait_until(cond: impl Fn() -> bool, what: &str) {
     }
 }
 
-fn wait_settled(m: &Mount) {
+pub fn wait_settled(m: &Mount) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while stat_u64(m, "downloads_in_flight") > 0 {
         assert!(Instant::now() < deadline, "download never finished");
