@@ -167,6 +167,8 @@ ROWS = [
     ("peak_rss_mib", "peak RSS of the mount process", "MiB", False, None, None),
     ("nocache_mbs", "sequential, --no-cache", "MB/s", True, "get_big_mbs", "one plain GET of the big object"),
     ("nocache_peak_rss_mib", "peak RSS, 4x big object, --no-cache", "MiB", False, None, None),
+    ("fulldisk_mbs", "sequential, cache disk full (16 MiB tmpfs)", "MB/s", True, "get_big_mbs",
+     "one plain GET of the big object"),
 ]
 
 # Per-run value of a metric with several samples in one run: the highest for peaks (a
