@@ -342,6 +342,9 @@ struct Disk {
     next_flight: std::sync::atomic::AtomicU64,
     /// Resolves when the start's check of the disk against the index has finished.
     recovered: tokio::sync::watch::Receiver<bool>,
+    /// Set by `close`: the start's check stops at the next shard, so the directory (and
+    /// its lock) is free once `close` returns.
+    closing: std::sync::atomic::AtomicBool,
     /// Complete downloads waiting for the next group commit (see [`COMMIT_DELAY`]).
     pending: Mutex<Vec<Pending>>,
     /// Wakes the committer when `pending` gets its first download.
@@ -416,6 +419,7 @@ impl Cache {
                 flights: Mutex::new(HashMap::new()),
                 next_flight: std::sync::atomic::AtomicU64::new(1),
                 recovered,
+                closing: std::sync::atomic::AtomicBool::new(false),
                 pending: Mutex::new(Vec::new()),
                 commit_due: Arc::new(tokio::sync::Notify::new()),
             };
@@ -950,6 +954,9 @@ impl Cache {
 /// Longest an open waits for S3 to confirm a cached copy (or a download under way) is
 /// current before serving it anyway (stale-if-error).
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest `close` waits for the start's check of the disk to let go of the cache.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Inner {
     fn validate_within(&self) -> Duration {
@@ -1644,6 +1651,14 @@ impl Inner {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
+        // The check of the disk may hold the cache for one shard more: wait for it, so
+        // the directory is free for the next user when this returns.
+        disk.closing.store(true, Ordering::SeqCst);
+        let waiting = std::time::Instant::now();
+        let rx = &disk.recovered;
+        while !*rx.borrow() && rx.has_changed().is_ok() && waiting.elapsed() < CLOSE_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.commit_pending();
         // Downloads still waiting for bytes are dropped: their files go now, not at the
         // next start.
@@ -1681,6 +1696,13 @@ fn reconcile(cache: &Weak<Inner>) {
     let (mut adopted, mut removed, mut dropped) = (Vec::new(), 0usize, 0usize);
     for shard in 0..=255u8 {
         let Some(inner) = cache.upgrade() else { return };
+        if inner
+            .disk
+            .as_ref()
+            .is_none_or(|d| d.closing.load(Ordering::SeqCst))
+        {
+            return;
+        }
         let (a, r, d) = inner.reconcile_shard(shard, &by_shard[shard as usize]);
         adopted.extend(a);
         removed += r;
