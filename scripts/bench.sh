@@ -365,7 +365,8 @@ mount_tool() {
     mnt=$(mnt_of "$tool")
     cache=$(cache_of "$tool")
     unmount_tool "$tool"
-    rm -rf "$cache"
+    # The full-disk measurement mounts a tmpfs on the cache dir: empty it, keep it.
+    if mountpoint -q "$cache"; then find "$cache" -mindepth 1 -delete; else rm -rf "$cache"; fi
     mkdir -p "$mnt" "$cache"
     drop_caches
     local rc=0

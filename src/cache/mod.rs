@@ -155,7 +155,9 @@ struct CachedFile {
     /// The entry this file was opened as (its creation time), so a mismatch drops this
     /// entry and not a newer one of the same key.
     created_ms: u64,
-    blocks: Arc<Vec<u32>>,
+    /// The block checksums, read from the index on the first read through s3cachefs
+    /// (a passthrough open never needs them: the kernel reads without us).
+    blocks: std::sync::OnceLock<Vec<u32>>,
     checked: Mutex<Vec<bool>>,
     /// Set when a block did not match: the rest of this handle's reads go to S3.
     corrupt: std::sync::atomic::AtomicBool,
@@ -164,8 +166,18 @@ struct CachedFile {
 impl CachedFile {
     /// Checks the blocks under `offset..end` not checked yet by this handle. `Ok(false)`:
     /// one does not match.
-    fn check(&self, offset: u64, end: u64) -> io::Result<bool> {
-        if self.blocks.is_empty() || offset >= end {
+    fn check(&self, inner: &Inner, offset: u64, end: u64) -> io::Result<bool> {
+        let blocks = self.blocks.get_or_init(|| {
+            let blocks = inner
+                .disk
+                .as_ref()
+                .and_then(|d| d.db.row(&self.key).ok().flatten())
+                .map(|r| r.blocks)
+                .unwrap_or_default();
+            *self.checked.lock() = vec![false; blocks.len()];
+            blocks
+        });
+        if blocks.is_empty() || offset >= end {
             return Ok(true);
         }
         let first = (offset / BLOCK_SIZE) as usize;
@@ -174,7 +186,7 @@ impl CachedFile {
             if self.checked.lock().get(b).copied().unwrap_or(true) {
                 continue;
             }
-            let Some(want) = self.blocks.get(b) else {
+            let Some(want) = blocks.get(b) else {
                 return Ok(false);
             };
             let data = fill::pread(&self.file, b as u64 * BLOCK_SIZE, BLOCK_SIZE as usize)?;
@@ -243,7 +255,7 @@ impl ObjectHandle {
                 if f.corrupt.load(Ordering::Relaxed) {
                     return None;
                 }
-                let r = match f.check(offset, end) {
+                let r = match f.check(&self.inner, offset, end) {
                     Ok(true) => fill::pread(&f.file, offset, (end - offset) as usize),
                     Ok(false) => {
                         self.inner.corrupt_file(f, &self.bucket, &self.key);
@@ -1014,27 +1026,26 @@ impl Inner {
             return dropped("cache file has the wrong size", true);
         }
         let file = Arc::new(file);
-        let row = disk.db.row(k).ok().flatten();
-        let mut blocks = row.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();
+        let blocks = std::sync::OnceLock::new();
         if entry.checked != stamp.hash64() {
+            let row = disk.db.row(k).ok().flatten();
+            let want = row.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();
             let (f, size) = (file.clone(), entry.size);
             let sums = tokio::task::spawn_blocking(move || checksum_file(&f, size).ok())
                 .await
                 .ok()
                 .flatten();
-            let matches = sums.as_ref().is_some_and(|s| {
-                s.crc32 == entry.crc32 && (blocks.is_empty() || s.blocks == blocks)
-            });
-            if !matches {
+            let Some(sums) =
+                sums.filter(|s| s.crc32 == entry.crc32 && (want.is_empty() || s.blocks == want))
+            else {
                 return dropped("cache file does not match its checksum", true);
-            }
-            if blocks.is_empty()
-                && let (Some(sums), Some(mut row)) = (sums, row)
+            };
+            if want.is_empty()
+                && let Some(mut row) = row
             {
                 // A row of an older version, or adopted from a file: now that the whole
                 // file matched, its block checksums can be kept.
-                blocks = sums.blocks;
-                row.blocks = blocks.clone();
+                row.blocks = sums.blocks.clone();
                 let access = (entry.seq, entry.last_access_ms, entry.hits);
                 let _w = disk.write_lock.lock();
                 if disk.index.lock().peek(k).is_some_and(same) {
@@ -1047,14 +1058,15 @@ impl Inner {
                     );
                 }
             }
+            let _ = blocks.set(sums.blocks);
             disk.index.lock().set_checked(k, stamp.hash64());
         }
-        let n = blocks.len();
+        let n = blocks.get().map_or(0, Vec::len);
         Some(Arc::new(CachedFile {
             file,
             key: *k,
             created_ms: entry.created_ms,
-            blocks: Arc::new(blocks),
+            blocks,
             checked: Mutex::new(vec![false; n]),
             corrupt: std::sync::atomic::AtomicBool::new(false),
         }))
