@@ -412,3 +412,226 @@ fn fstab_style_mount_through_mount_fuse3() {
     }
     assert!(!is_mounted(&mp));
 }
+
+/// Runs `s3cachefs ARGS` expecting it to exit with `code`; returns its stderr.
+fn fails(args: &[&str], extra: &[&Path], code: i32) -> String {
+    let out = run(args, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}\nstdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+#[test]
+fn contradicting_flags_negative_numbers_and_bad_endpoints_are_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).expect("mkdir");
+    let mp = mp.to_str().expect("utf-8 path");
+    // An endpoint nothing listens on: were a command accepted, it would fail at once
+    // with exit 1 rather than 2.
+    let mount = |extra: &[&str]| {
+        let mut args = vec![
+            "mount",
+            mp,
+            "--foreground",
+            "--max-attempts",
+            "1",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, &[], 2)
+    };
+    for (extra, first, second) in [
+        (
+            &["--no-cache", "--cache-enabled", "true"][..],
+            "--no-cache",
+            "--cache-enabled true",
+        ),
+        (
+            &["--cache-enabled", "yes", "--no-cache"][..],
+            "--no-cache",
+            "--cache-enabled yes",
+        ),
+        (
+            &["--validate-etag", "true", "--no-validate-etag"][..],
+            "--no-validate-etag",
+            "--validate-etag true",
+        ),
+    ] {
+        let err = mount(extra);
+        assert!(
+            err.contains(first) && err.contains(second) && err.contains("cannot be used together"),
+            "{extra:?}: {err}"
+        );
+    }
+    // Both saying the same is no contradiction; the variable gives way to the switch.
+    let out = run(
+        &[
+            "mount",
+            mp,
+            "--foreground",
+            "--max-attempts",
+            "1",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--no-cache",
+            "--cache-enabled",
+            "false",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let mut c = bin();
+    c.args(["mount", mp, "--foreground", "--max-attempts", "1"])
+        .args(["--endpoint-url", "http://127.0.0.1:9", "--no-cache"])
+        .env("CACHE_ENABLED", "true");
+    assert_eq!(c.output().expect("run").status.code(), Some(1));
+
+    // Negative numbers reach our checks, which name the flag.
+    for (flag, value) in [
+        ("--cache-max-size-mb", "-5"),
+        ("--cache-max-entries", "-1"),
+        ("--cache-ttl-hours", "-0.5"),
+        ("--read-timeout", "-3"),
+        ("--uid", "-1"),
+    ] {
+        let err = mount(&[flag, value]);
+        assert!(
+            err.contains(flag) && err.contains(&format!("\"{value}\"")),
+            "{flag}: {err}"
+        );
+        assert!(!err.contains("unexpected argument"), "{err}");
+    }
+    let err = fails(&["warm", "--jobs", "-2", "s3://bkt"], &[], 2);
+    assert!(err.contains("--jobs") && err.contains("\"-2\""), "{err}");
+    let err = fails(&["stats", "--cache-max-entries", "-2"], &[], 2);
+    assert!(err.contains("--cache-max-entries"), "{err}");
+
+    // An endpoint that is no URL says so, whichever command and source.
+    for bad in ["notaurl", "127.0.0.1:9000", "http://", "ftp://host"] {
+        let out = run(&["mount", mp, "--foreground", "--endpoint-url", bad], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--endpoint-url") && err.contains("http://"),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("region"), "{bad}: {err}");
+    }
+    let err = fails(&["warm", "s3://bkt", "--endpoint-url", "notaurl"], &[], 2);
+    assert!(err.contains("--endpoint-url"), "{err}");
+    let mut c = bin();
+    c.args(["mount", mp, "--foreground"])
+        .env("AWS_ENDPOINT_URL", "notaurl");
+    let out = c.output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ENDPOINT_URL"));
+
+    // stats and clear take a mountpoint or a cache directory, not both.
+    for cmd in ["stats", "clear"] {
+        let err = fails(&[cmd, mp, "--cache-dir", mp], &[], 2);
+        assert!(
+            err.contains("MOUNTPOINT") && err.contains("--cache-dir"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_fstab_value_error_names_the_option_as_written_there() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).expect("mkdir");
+    // As mount.fuse3 runs the helper for an fstab line.
+    let helper = |opts: &str| {
+        let out = bin()
+            .arg("bkt")
+            .arg(&mp)
+            .args(["-o", opts])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{opts}: {err}");
+        err
+    };
+    let err = helper("rw,endpoint_url=http://127.0.0.1:9,cache_max_size_mb=abc");
+    assert!(
+        err.contains("cache_max_size_mb") && err.contains("\"abc\""),
+        "{err}"
+    );
+    assert!(!err.contains("--cache-max-size-mb"), "{err}");
+    let err = helper("endpoint_url=http://127.0.0.1:9,cache_max_entries=-3");
+    assert!(
+        err.contains("cache_max_entries") && !err.contains("--"),
+        "{err}"
+    );
+    let err = helper("endpoint_url=notaurl");
+    assert!(err.contains("endpoint_url") && !err.contains("--"), "{err}");
+    let err = helper("endpoint_url=http://127.0.0.1:9,no_cache,cache_enabled=true");
+    assert!(
+        err.contains("no_cache") && err.contains("cache_enabled=true"),
+        "{err}"
+    );
+    // A value from the environment is still named by its variable.
+    let out = bin()
+        .arg("bkt")
+        .arg(&mp)
+        .args(["-o", "endpoint_url=http://127.0.0.1:9"])
+        .env("CACHE_MAX_ENTRIES", "lots")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CACHE_MAX_ENTRIES"));
+}
+
+#[test]
+fn stats_clear_and_warm_show_their_warnings_and_take_v() {
+    let env = Env::new();
+    env.server.put("bkt", "a", pattern(1, 1000));
+    let dir = env.tmp.path().join("cache2");
+    let out = run(
+        &[
+            "warm",
+            "s3://bkt",
+            "--endpoint-url",
+            &env.server.endpoint(),
+            "--force-path-style",
+            "--cache-dir",
+        ],
+        &[&dir],
+    );
+    ok(&out);
+    // A damaged index is set aside with a warning, which the user must see.
+    std::fs::write(dir.join("index.redb"), b"not an index").expect("damage the index");
+    let out = run(&["clear", "--cache-dir"], &[&dir]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("cache index unreadable"),
+        "{err}"
+    );
+    // Only warnings by default; -v and VERBOSE say more, as for mount.
+    let out = run(&["stats", "--cache-dir"], &[&dir]);
+    assert!(!String::from_utf8_lossy(&ok_err(&out)).contains("INFO"));
+    let out = run(&["stats", "-v", "--cache-dir"], &[&dir]);
+    ok(&out);
+    let mut c = bin();
+    c.args(["stats", "--cache-dir"])
+        .arg(&dir)
+        .env("VERBOSE", "maybe");
+    let out = c.output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VERBOSE"));
+}
+
+/// The stderr of a command that succeeded.
+fn ok_err(out: &Output) -> Vec<u8> {
+    ok(out);
+    out.stderr.clone()
+}
