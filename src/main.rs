@@ -90,8 +90,9 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                // Every error of unmount names the mountpoint.
                 Err(e) => {
-                    eprintln!("s3cachefs: unmounting {}: {e:#}", a.mountpoint.display());
+                    eprintln!("s3cachefs: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -127,11 +128,11 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             finish(admin(async move {
-                let report = warm::run(&settings).await?;
+                let report = warm::run(&settings).await;
                 print!("{report}");
                 match report.failures() {
-                    0 => Ok(()),
-                    n => anyhow::bail!("{n} could not be warmed"),
+                    None => Ok(()),
+                    Some(what) => anyhow::bail!("{what}"),
                 }
             }))
         }
@@ -266,6 +267,9 @@ fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
     }
     // SAFETY: pipe2 just returned these fds; each is owned once.
     let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    // The child logs it too, but only to its log file: looked at before the mount covers
+    // the directory, said here once the mount is up.
+    let hidden = s3cachefs::mount::hidden_by_mount(&cfg.mount.mountpoint);
     let write_end = fds[1];
     let exe = std::env::current_exe().context("finding the s3cachefs binary")?;
     let mut args = args.to_vec();
@@ -295,6 +299,9 @@ fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
     let mp = cfg.mount.mountpoint.display();
     if said.starts_with("READY") {
         println!("s3cachefs: mounted at {mp} (logs: {})", log.display());
+        if let Some(hidden) = hidden {
+            eprintln!("s3cachefs: warning: {hidden}");
+        }
         return Ok(());
     }
     if let Some(msg) = said.strip_prefix("ERROR ") {
