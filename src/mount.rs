@@ -73,9 +73,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
 /// be seen while the mount covers it, which looks like lost files. `None` when it is empty
 /// (or cannot be read: then the mount itself says what is wrong).
 pub fn hidden_by_mount(path: &Path) -> Option<String> {
-    if std::fs::read_dir(path).ok()?.next().is_none() {
-        return None;
-    }
+    let _first_entry = std::fs::read_dir(path).ok()?.next()?;
     Some(format!(
         "{} is not empty: what is in it is hidden while s3cachefs is mounted there",
         path.display()
