@@ -55,10 +55,45 @@ pub enum Command {
     Warm(Box<WarmArgs>),
 }
 
+impl Command {
+    /// The verbosity asked for by `-v` and `VERBOSE`, whichever the command.
+    pub fn verbosity(&self) -> Result<u8, ConfigError> {
+        match self {
+            Command::Mount(a) => a.log.verbosity(),
+            Command::Unmount(a) => a.log.verbosity(),
+            Command::Stats(a) => a.log.verbosity(),
+            Command::Clear(a) => a.log.verbosity(),
+            Command::Warm(a) => a.log.verbosity(),
+        }
+    }
+}
+
+/// `-v`: every command has it, so the warnings of `stats`, `clear` and `warm` show too.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// More logging: -v debug, -vv trace (VERBOSE=true is -v; RUST_LOG overrides both)
+    #[arg(short, long, action = ArgAction::Count, help_heading = "Logging")]
+    pub verbose: u8,
+}
+
+impl LogArgs {
+    pub fn verbosity(&self) -> Result<u8, ConfigError> {
+        let mut verbosity = self.verbose;
+        if let Ok(v) = std::env::var("VERBOSE")
+            && config::parse_bool(&Origin("VERBOSE".into()), &v)?
+        {
+            verbosity = verbosity.max(1);
+        }
+        Ok(verbosity)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UnmountArgs {
     /// The mount to take down
     pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `--cache-dir`, for the commands that work on a cache without mounting it.
@@ -94,23 +129,35 @@ pub struct S3Args {
     #[arg(long, env = "S3CACHEFS_FORCE_PATH_STYLE", value_parser = BoolishValueParser::new())]
     pub force_path_style: bool,
     /// Attempts per S3 request, with capped exponential backoff and jitter [default: 5]
-    #[arg(long, env = "S3CACHEFS_MAX_ATTEMPTS", value_name = "N")]
+    #[arg(
+        long,
+        env = "S3CACHEFS_MAX_ATTEMPTS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub max_attempts: Option<String>,
 }
 
 impl S3Args {
-    pub fn to_s3_options(&self, m: &ArgMatches) -> Result<S3Options, ConfigError> {
-        let max_attempts = Raw(m).u64_in(
+    fn to_s3_options(&self, raw: &Raw) -> Result<S3Options, ConfigError> {
+        let max_attempts = raw.u64_in(
             &self.max_attempts,
             ("max_attempts", "S3CACHEFS_MAX_ATTEMPTS"),
             1..=20,
             "attempts",
             5,
         )? as u32;
+        let endpoint_url = match self.endpoint_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Some(config::parse_endpoint(
+                &raw.origin("endpoint_url", "AWS_ENDPOINT_URL"),
+                u,
+            )?),
+            None => None,
+        };
         Ok(S3Options {
             profile: self.profile.clone().filter(|p| !p.is_empty()),
             region: self.region.clone().filter(|r| !r.is_empty()),
-            endpoint_url: self.endpoint_url.clone().filter(|u| !u.is_empty()),
+            endpoint_url,
             force_path_style: self.force_path_style,
             max_attempts,
             ..S3Options::default()
@@ -122,17 +169,27 @@ impl S3Args {
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Size limit when no mount has the cache, in MiB [default: 500]
-    #[arg(long, env = "CACHE_MAX_SIZE_MB", value_name = "MB")]
+    #[arg(
+        long,
+        env = "CACHE_MAX_SIZE_MB",
+        value_name = "MB",
+        allow_negative_numbers = true
+    )]
     pub cache_max_size_mb: Option<String>,
     /// Entry limit when no mount has the cache [default: 200]
-    #[arg(long, env = "CACHE_MAX_ENTRIES", value_name = "N")]
+    #[arg(
+        long,
+        env = "CACHE_MAX_ENTRIES",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub cache_max_entries: Option<String>,
 }
 
 impl LimitArgs {
-    pub fn to_limits(&self, m: &ArgMatches) -> Result<Limits, ConfigError> {
+    fn to_limits(&self, raw: &Raw) -> Result<Limits, ConfigError> {
         let (max_size, max_entries) =
-            parse_limits(m, &self.cache_max_size_mb, &self.cache_max_entries)?;
+            parse_limits(raw, &self.cache_max_size_mb, &self.cache_max_entries)?;
         Ok(Limits {
             max_size,
             max_entries,
@@ -143,18 +200,18 @@ impl LimitArgs {
 /// `--cache-max-size-mb` (returned in bytes) and `--cache-max-entries`, validated the same
 /// way for `mount` and for the commands that inspect a cache.
 fn parse_limits(
-    m: &ArgMatches,
+    raw: &Raw,
     max_size_mb: &Option<String>,
     max_entries: &Option<String>,
 ) -> Result<(u64, u64), ConfigError> {
-    let size_mb = Raw(m).u64_in(
+    let size_mb = raw.u64_in(
         max_size_mb,
         ("cache_max_size_mb", "CACHE_MAX_SIZE_MB"),
         1..=1 << 30,
         "megabytes",
         DEFAULT_MAX_SIZE_MB,
     )?;
-    let entries = Raw(m).u64_in(
+    let entries = raw.u64_in(
         max_entries,
         ("cache_max_entries", "CACHE_MAX_ENTRIES"),
         1..=100_000_000,
@@ -176,15 +233,19 @@ pub struct StatsArgs {
     /// Print the JSON document instead of the summary
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl StatsArgs {
     pub fn to_target(&self, m: &ArgMatches) -> Result<StatsTarget, ConfigError> {
+        let raw = Raw::new(m);
+        raw.mountpoint_or_cache_dir(self.mountpoint.is_some())?;
         Ok(match &self.mountpoint {
             Some(p) => StatsTarget::Mount(p.clone()),
             None => StatsTarget::CacheDir {
                 dir: self.cache_dir.resolve()?,
-                limits: self.limits.to_limits(m)?,
+                limits: self.limits.to_limits(&raw)?,
             },
         })
     }
@@ -197,10 +258,13 @@ pub struct ClearArgs {
     pub mountpoint: Option<PathBuf>,
     #[command(flatten)]
     pub cache_dir: CacheDirArg,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl ClearArgs {
-    pub fn to_target(&self) -> Result<ClearTarget, ConfigError> {
+    pub fn to_target(&self, m: &ArgMatches) -> Result<ClearTarget, ConfigError> {
+        Raw::new(m).mountpoint_or_cache_dir(self.mountpoint.is_some())?;
         Ok(match &self.mountpoint {
             Some(p) => ClearTarget::Mount(p.clone()),
             None => ClearTarget::CacheDir(self.cache_dir.resolve()?),
@@ -215,7 +279,7 @@ pub struct WarmArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Objects fetched at once [default: 8]
-    #[arg(short, long, value_name = "N")]
+    #[arg(short, long, value_name = "N", allow_negative_numbers = true)]
     pub jobs: Option<String>,
     #[command(flatten)]
     pub cache_dir: CacheDirArg,
@@ -223,16 +287,24 @@ pub struct WarmArgs {
     pub limits: LimitArgs,
     /// Age after which a cached object is fetched again, in hours, when no mount has the
     /// cache [default: 24]
-    #[arg(long, env = "CACHE_TTL_HOURS", value_name = "HOURS")]
+    #[arg(
+        long,
+        env = "CACHE_TTL_HOURS",
+        value_name = "HOURS",
+        allow_negative_numbers = true
+    )]
     pub cache_ttl_hours: Option<String>,
 
     #[command(flatten, next_help_heading = "S3 connection (s3:// with no mount)")]
     pub s3: S3Args,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl WarmArgs {
     pub fn to_settings(&self, m: &ArgMatches) -> Result<WarmSettings, ConfigError> {
-        let raw = Raw(m);
+        let raw = Raw::new(m);
         // --jobs has no environment variable.
         let jobs = raw.u64_in(&self.jobs, ("jobs", ""), 1..=256, "jobs", 8)? as usize;
         let ttl_hours = raw.f64_in(
@@ -242,12 +314,12 @@ impl WarmArgs {
             "hours",
             DEFAULT_TTL_HOURS,
         )?;
-        let s3 = self.s3.to_s3_options(m)?;
+        let s3 = self.s3.to_s3_options(&raw)?;
         Ok(WarmSettings {
             targets: self.paths.clone(),
             jobs,
             cache_dir: self.cache_dir.resolve()?,
-            limits: self.limits.to_limits(m)?,
+            limits: self.limits.to_limits(&raw)?,
             ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
             profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
             s3,
@@ -292,7 +364,8 @@ pub struct MountArgs {
         long,
         env = "CACHE_MAX_SIZE_MB",
         value_name = "MB",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub cache_max_size_mb: Option<String>,
     /// Most objects the cache holds [default: 200]
@@ -300,7 +373,8 @@ pub struct MountArgs {
         long,
         env = "CACHE_MAX_ENTRIES",
         value_name = "N",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub cache_max_entries: Option<String>,
     /// Age after which a cached object is fetched again, in hours [default: 24]
@@ -308,7 +382,8 @@ pub struct MountArgs {
         long,
         env = "CACHE_TTL_HOURS",
         value_name = "HOURS",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub cache_ttl_hours: Option<String>,
     /// Check a cached object's ETag with S3 on open [default: true]
@@ -327,7 +402,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_PART_SIZE_MB",
         value_name = "MB",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub part_size_mb: Option<String>,
     /// Ranged GETs running at once per object being filled [default: 8]
@@ -335,7 +411,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_FILL_CONCURRENCY",
         value_name = "N",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub fill_concurrency: Option<String>,
     /// Longest a read waits for S3 before failing with EIO, in seconds [default: 60]
@@ -343,7 +420,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_READ_TIMEOUT",
         value_name = "SECONDS",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub read_timeout: Option<String>,
     /// Files of a directory fetched ahead once it is read in order; 0 turns it off
@@ -352,7 +430,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_READAHEAD_FILES",
         value_name = "N",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub readahead_files: Option<String>,
     /// How long a listing or HEAD result is trusted, in seconds [default: 60]
@@ -360,7 +439,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_METADATA_TTL",
         value_name = "SECONDS",
-        help_heading = "Cache"
+        help_heading = "Cache",
+        allow_negative_numbers = true
     )]
     pub metadata_ttl: Option<String>,
 
@@ -375,7 +455,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_UID",
         value_name = "UID",
-        help_heading = "Mount"
+        help_heading = "Mount",
+        allow_negative_numbers = true
     )]
     pub uid: Option<String>,
     /// Group shown for files and directories [default: your gid]
@@ -383,7 +464,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_GID",
         value_name = "GID",
-        help_heading = "Mount"
+        help_heading = "Mount",
+        allow_negative_numbers = true
     )]
     pub gid: Option<String>,
     /// Permission bits of files [default: 0444]
@@ -391,7 +473,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_FILE_MODE",
         value_name = "MODE",
-        help_heading = "Mount"
+        help_heading = "Mount",
+        allow_negative_numbers = true
     )]
     pub file_mode: Option<String>,
     /// Permission bits of directories [default: 0555]
@@ -399,7 +482,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_DIR_MODE",
         value_name = "MODE",
-        help_heading = "Mount"
+        help_heading = "Mount",
+        allow_negative_numbers = true
     )]
     pub dir_mode: Option<String>,
     /// Threads answering the kernel [default: 4]
@@ -407,7 +491,8 @@ pub struct MountArgs {
         long,
         env = "S3CACHEFS_FUSE_THREADS",
         value_name = "N",
-        help_heading = "Mount"
+        help_heading = "Mount",
+        allow_negative_numbers = true
     )]
     pub fuse_threads: Option<String>,
     /// Let the kernel read complete cache files directly (FUSE passthrough) when it
@@ -420,9 +505,8 @@ pub struct MountArgs {
     )]
     pub passthrough: Option<String>,
 
-    /// More logging: -v debug, -vv trace (VERBOSE=true is -v; RUST_LOG overrides both)
-    #[arg(short, long, action = ArgAction::Count, help_heading = "Logging")]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Where a background mount logs [default: <cache dir>/s3cachefs.log]
     #[arg(
         long,
@@ -433,17 +517,77 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// Turns the raw values of one subcommand into settings. Errors name the flag or the
-/// environment variable the bad value came from, which only the matches know.
-struct Raw<'a>(&'a ArgMatches);
+/// Turns the raw values of one subcommand into settings. Errors name the flag, the
+/// environment variable or the fstab option the bad value came from, which only the
+/// matches (and whether the command line was translated from an fstab line) know.
+struct Raw<'a> {
+    m: &'a ArgMatches,
+    /// The command line was made from an fstab line's options (see `fstab.rs`).
+    fstab: bool,
+}
 
-impl Raw<'_> {
-    /// `id` is clap's name for the argument: its long flag with `_` for `-`.
+impl<'a> Raw<'a> {
+    fn new(m: &'a ArgMatches) -> Raw<'a> {
+        Raw { m, fstab: false }
+    }
+
+    fn on_command_line(&self, id: &str) -> bool {
+        self.m.value_source(id) == Some(ValueSource::CommandLine)
+    }
+
+    /// `id` is clap's name for the argument: its long flag with `_` for `-`, which is
+    /// also its fstab option.
     fn origin(&self, id: &str, env: &str) -> Origin {
-        match self.0.value_source(id) {
+        match self.m.value_source(id) {
             Some(ValueSource::EnvVariable) => Origin(env.to_string()),
+            // The bucket is the fstab line's first field.
+            _ if self.fstab && id == "bucket" => Origin("the fstab device field".into()),
+            _ if self.fstab => Origin(id.to_string()),
             _ => Origin(format!("--{}", id.replace('_', "-"))),
         }
+    }
+
+    /// A setting as the user wrote it on the command line (or in the fstab options).
+    fn as_written(&self, id: &str, value: Option<&str>) -> String {
+        let name = self.origin(id, "").0;
+        match value {
+            Some(v) if self.fstab => format!("{name}={v}"),
+            Some(v) => format!("{name} {v}"),
+            None => name,
+        }
+    }
+
+    /// A BOOL setting beside the switch that turns it off (`--cache-enabled` and
+    /// `--no-cache`). The switch wins over the environment variable; but the two saying
+    /// opposite things on one command line is a mistake to point out, not to settle
+    /// silently.
+    fn bool_unless_off(
+        &self,
+        value: &Option<String>,
+        names: (&str, &str),
+        off: bool,
+        off_id: &str,
+    ) -> Result<bool, ConfigError> {
+        let on = self.bool(value, names, true)?;
+        if off && on && self.on_command_line(names.0) {
+            return Err(ConfigError::Conflict(
+                self.as_written(off_id, None),
+                self.as_written(names.0, value.as_deref()),
+            ));
+        }
+        Ok(on && !off)
+    }
+
+    /// `stats` and `clear` work on a mount or on a cache directory: given both, which one
+    /// is meant is a guess.
+    fn mountpoint_or_cache_dir(&self, mountpoint: bool) -> Result<(), ConfigError> {
+        if mountpoint && self.on_command_line("cache_dir") {
+            return Err(ConfigError::Conflict(
+                "MOUNTPOINT".into(),
+                self.as_written("cache_dir", None),
+            ));
+        }
+        Ok(())
     }
 
     /// `value` parsed by `parse` (told where it came from, for its errors), or `default`.
@@ -507,21 +651,26 @@ impl Raw<'_> {
 
 impl MountArgs {
     /// Validates everything; `m` are the matches of the `mount` subcommand (they say
-    /// whether a value came from a flag or from the environment).
-    pub fn to_config(&self, m: &ArgMatches) -> Result<Config, ConfigError> {
-        let raw = Raw(m);
+    /// whether a value came from a flag or from the environment). `from_fstab`: the
+    /// command line was translated from an fstab line, so errors name its options.
+    pub fn to_config(&self, m: &ArgMatches, from_fstab: bool) -> Result<Config, ConfigError> {
+        let raw = Raw {
+            m,
+            fstab: from_fstab,
+        };
         let source = match &self.bucket {
             Some(b) => config::parse_source(&raw.origin("bucket", "S3CACHEFS_BUCKET"), b)?,
             None => Source::AllBuckets,
         };
-        let s3 = self.s3.to_s3_options(m)?;
-        let enabled = raw.bool(
+        let s3 = self.s3.to_s3_options(&raw)?;
+        let enabled = raw.bool_unless_off(
             &self.cache_enabled,
             ("cache_enabled", "CACHE_ENABLED"),
-            true,
-        )? && !self.no_cache;
+            self.no_cache,
+            "no_cache",
+        )?;
         let (max_size, max_entries) =
-            parse_limits(m, &self.cache_max_size_mb, &self.cache_max_entries)?;
+            parse_limits(&raw, &self.cache_max_size_mb, &self.cache_max_entries)?;
         let ttl_hours = raw.f64_in(
             &self.cache_ttl_hours,
             ("cache_ttl_hours", "CACHE_TTL_HOURS"),
@@ -550,11 +699,12 @@ impl MountArgs {
             "seconds",
             CacheConfig::DEFAULT_READ_TIMEOUT.as_secs_f64(),
         )?;
-        let validate_etag = raw.bool(
+        let validate_etag = raw.bool_unless_off(
             &self.validate_etag,
             ("validate_etag", "CACHE_VALIDATE_ETAG"),
-            true,
-        )? && !self.no_validate_etag;
+            self.no_validate_etag,
+            "no_validate_etag",
+        )?;
         let metadata_ttl = raw.f64_in(
             &self.metadata_ttl,
             ("metadata_ttl", "S3CACHEFS_METADATA_TTL"),
@@ -591,12 +741,6 @@ impl MountArgs {
             ("passthrough", "S3CACHEFS_PASSTHROUGH"),
             true,
         )?;
-        let mut verbosity = self.verbose;
-        if let Ok(v) = std::env::var("VERBOSE")
-            && config::parse_bool(&Origin("VERBOSE".into()), &v)?
-        {
-            verbosity = verbosity.max(1);
-        }
         let cache_dir = match &self.cache_dir {
             Some(d) => config::absolute(d),
             None => config::default_cache_dir()?,
@@ -631,7 +775,6 @@ impl MountArgs {
                 read_timeout: Duration::from_secs_f64(read_timeout),
             },
             s3,
-            verbosity,
         })
     }
 }
@@ -650,7 +793,7 @@ mod tests {
             panic!("mount expected")
         };
         let (_, sub) = matches.subcommand().expect("subcommand");
-        m.to_config(sub)
+        m.to_config(sub, false)
     }
 
     #[test]

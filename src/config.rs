@@ -24,6 +24,10 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    /// Two settings given together that cannot both hold, each as the user wrote it
+    /// (`--no-cache`, `--cache-enabled true`).
+    #[error("{0} and {1} cannot be used together: give only one of them")]
+    Conflict(String, String),
     #[error("{0}")]
     Other(String),
 }
@@ -62,8 +66,6 @@ pub struct Config {
     pub mount: MountSettings,
     pub s3: S3Options,
     pub cache: CacheConfig,
-    /// 0 = info, 1 = debug, 2+ = trace.
-    pub verbosity: u8,
 }
 
 /// Names a setting for error messages: the flag or the environment variable the value
@@ -169,6 +171,46 @@ pub fn parse_source(origin: &Origin, value: &str) -> Result<Source, ConfigError>
     })
 }
 
+/// An S3 endpoint: `http://` or `https://`, a host, an optional port and path. Anything
+/// else the SDK would take apart as it can and fail on later with a misleading message
+/// (`notaurl` ends up as "Invalid region").
+pub fn parse_endpoint(origin: &Origin, value: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        invalid(
+            origin,
+            value,
+            "a URL: http:// or https:// then a host, e.g. http://127.0.0.1:9000",
+        )
+    };
+    let v = value.trim();
+    let lower = v.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // `[::1]:9000`: the brackets hold the colons of an IPv6 address.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(r) => {
+            let (h, after) = r.split_once(']').ok_or_else(bad)?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        return Err(bad());
+    }
+    Ok(v.to_string())
+}
+
 /// `$XDG_CACHE_HOME/s3cachefs`, else `~/.cache/s3cachefs`.
 pub fn default_cache_dir() -> Result<PathBuf, ConfigError> {
     let from = |v: &str| {
@@ -230,6 +272,36 @@ mod tests {
         assert_eq!(parse_f64_in(&o("x"), "0.5", 0.0, 10.0, "h"), Ok(0.5));
         assert!(parse_f64_in(&o("x"), "NaN", 0.0, 10.0, "h").is_err());
         assert!(parse_f64_in(&o("x"), "-1", 0.0, 10.0, "h").is_err());
+    }
+
+    #[test]
+    fn endpoints_must_be_urls() {
+        for good in [
+            "http://127.0.0.1:9000",
+            "https://s3.eu-west-1.amazonaws.com",
+            "HTTP://minio.local/",
+            "http://[::1]:9000/base",
+        ] {
+            assert_eq!(
+                parse_endpoint(&o("x"), good),
+                Ok(good.to_string()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "notaurl",
+            "127.0.0.1:9000",
+            "ftp://host",
+            "http://",
+            "http://:9000",
+            "http://host:port",
+            "http://host:0",
+            "http://a b",
+            "http://[::1",
+        ] {
+            let e = parse_endpoint(&o("--endpoint-url"), bad).expect_err(bad);
+            assert!(e.to_string().contains("--endpoint-url"), "{e}");
+        }
     }
 
     #[test]

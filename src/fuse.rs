@@ -138,24 +138,25 @@ impl Filesystem for FuseAdapter {
         // Lets a direct_io open (an object still downloading, with passthrough on) be
         // mmap()ed MAP_SHARED, as numpy.memmap and safetensors do; without it, ENODEV.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
-        if self.want_passthrough {
-            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
-                Ok(()) => {
-                    // The cache directory itself may sit on a stacked filesystem.
-                    let _ = config.set_max_stack_depth(2);
-                    self.passthrough_on.store(true, Ordering::Relaxed);
-                    info!(
-                        "read path: FUSE passthrough (the kernel reads complete cache files directly)"
-                    );
-                }
-                Err(_) => info!(
-                    "read path: through s3cachefs, page cache kept across opens \
-                     (this kernel offers no FUSE passthrough)"
-                ),
-            }
-        } else {
-            info!("read path: through s3cachefs, page cache kept across opens (passthrough off)");
+        let passthrough =
+            self.want_passthrough && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+        if passthrough {
+            // The cache directory itself may sit on a stacked filesystem.
+            let _ = config.set_max_stack_depth(2);
+            self.passthrough_on.store(true, Ordering::Relaxed);
         }
+        // With the cache off there are no cache files to pass through or keep pages of:
+        // every open reads S3, whatever the kernel offers.
+        let read_path = match (self.fs.cache().enabled(), passthrough) {
+            (false, _) => "straight from S3 (the cache is off: nothing is kept on local disk)",
+            (true, true) => "FUSE passthrough (the kernel reads complete cache files directly)",
+            (true, false) if self.want_passthrough => {
+                "through s3cachefs, page cache kept across opens \
+                 (this kernel offers no FUSE passthrough)"
+            }
+            (true, false) => "through s3cachefs, page cache kept across opens (passthrough off)",
+        };
+        info!("read path: {read_path}");
         Ok(())
     }
 
@@ -647,24 +648,5 @@ impl Mounted {
         let r = self.session.run();
         debug!("FUSE session ended");
         r
-    }
-}
-
-/// Unmounts a mountpoint we may not own the session of (`s3cachefs unmount`).
-pub fn unmount_path(path: &Path) -> io::Result<()> {
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(path)
-        .status();
-    if status.is_ok_and(|s| s.success()) {
-        return Ok(());
-    }
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

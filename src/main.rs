@@ -21,14 +21,14 @@ const READY_FD_ENV: &str = "S3CACHEFS_READY_FD";
 const READY_FD: RawFd = 3;
 
 fn main() -> ExitCode {
-    let argv = match command_line() {
+    let line = match command_line() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("s3cachefs: {e}");
             return ExitCode::from(2);
         }
     };
-    let Some(argv) = argv else {
+    let Some(CommandLine { argv, from_fstab }) = line else {
         // mount -f (fake): the fstab line translated; nothing to mount.
         return ExitCode::SUCCESS;
     };
@@ -46,13 +46,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let verbosity = match cli.command.verbosity() {
+        Ok(v) => v,
+        Err(e) => return config_error(e),
+    };
+    init_logging(verbosity, matches!(cli.command, Command::Mount(_)));
     match cli.command {
         Command::Mount(args) => {
             let sub = matches
                 .subcommand()
                 .map(|(_, m)| m.clone())
                 .unwrap_or_default();
-            let cfg = match args.to_config(&sub) {
+            let cfg = match args.to_config(&sub, from_fstab) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("s3cachefs: {e}");
@@ -85,8 +90,9 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                // Every error of unmount names the mountpoint.
                 Err(e) => {
-                    eprintln!("s3cachefs: unmounting {}: {e:#}", a.mountpoint.display());
+                    eprintln!("s3cachefs: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -107,7 +113,7 @@ fn main() -> ExitCode {
             }))
         }
         Command::Clear(a) => {
-            let target = match a.to_target() {
+            let target = match a.to_target(sub_matches(&matches)) {
                 Ok(t) => t,
                 Err(e) => return config_error(e),
             };
@@ -122,20 +128,27 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             finish(admin(async move {
-                let report = warm::run(&settings).await?;
+                let report = warm::run(&settings).await;
                 print!("{report}");
                 match report.failures() {
-                    0 => Ok(()),
-                    n => anyhow::bail!("{n} could not be warmed"),
+                    None => Ok(()),
+                    Some(what) => anyhow::bail!("{what}"),
                 }
             }))
         }
     }
 }
 
+/// The arguments to parse.
+struct CommandLine {
+    argv: Vec<OsString>,
+    /// Translated from an fstab line: errors name its options, not our flags.
+    from_fstab: bool,
+}
+
 /// The arguments to parse: as given, or, when mount(8) / mount.fuse3 runs us for an
 /// `/etc/fstab` line, the `s3cachefs mount ...` they stand for. `None`: mount's fake mode.
-fn command_line() -> Result<Option<Vec<OsString>>> {
+fn command_line() -> Result<Option<CommandLine>> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let subcommands: Vec<String> = Cli::command()
         .get_subcommands()
@@ -144,12 +157,18 @@ fn command_line() -> Result<Option<Vec<OsString>>> {
         .collect();
     let names: Vec<&str> = subcommands.iter().map(String::as_str).collect();
     if !fstab::is_helper_call(&argv, &names) {
-        return Ok(Some(argv));
+        return Ok(Some(CommandLine {
+            argv,
+            from_fstab: false,
+        }));
     }
     let call = fstab::parse_helper_args(&argv[1..])?;
     let mut translated = vec![OsString::from("s3cachefs")];
     translated.extend(fstab::mount_args(&call)?);
-    Ok((!call.fake).then_some(translated))
+    Ok((!call.fake).then_some(CommandLine {
+        argv: translated,
+        from_fstab: true,
+    }))
 }
 
 fn sub_matches(m: &clap::ArgMatches) -> &clap::ArgMatches {
@@ -181,9 +200,14 @@ fn finish(r: Result<()>) -> ExitCode {
     }
 }
 
-fn init_logging(verbosity: u8) {
+/// Logs go to stderr (a background mount's stderr is its log file). `RUST_LOG` overrides
+/// the level chosen here.
+fn init_logging(verbosity: u8, mount: bool) {
     let default = match verbosity {
-        0 => "s3cachefs=info,fuser=error,warn",
+        // A mount logs its configuration and a periodic summary; the other commands print
+        // a report of their own, so by default only their warnings.
+        0 if mount => "s3cachefs=info,fuser=error,warn",
+        0 => "warn",
         1 => "s3cachefs=debug,fuser=error,info",
         // Only our own trace: the SDK's trace output includes signed request headers.
         _ => "s3cachefs=trace,fuser=warn,info",
@@ -202,7 +226,6 @@ fn mount(cfg: Config, args: &[OsString]) -> Result<()> {
     if !cfg.mount.foreground {
         return spawn_background(&cfg, args);
     }
-    init_logging(cfg.verbosity);
     // In the background child, readiness goes back to the waiting parent on fd 3.
     let mut ready_pipe = std::env::var(READY_FD_ENV)
         .ok()
@@ -244,6 +267,9 @@ fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
     }
     // SAFETY: pipe2 just returned these fds; each is owned once.
     let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    // The child logs it too, but only to its log file: looked at before the mount covers
+    // the directory, said here once the mount is up.
+    let hidden = s3cachefs::mount::hidden_by_mount(&cfg.mount.mountpoint);
     let write_end = fds[1];
     let exe = std::env::current_exe().context("finding the s3cachefs binary")?;
     let mut args = args.to_vec();
@@ -273,6 +299,9 @@ fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
     let mp = cfg.mount.mountpoint.display();
     if said.starts_with("READY") {
         println!("s3cachefs: mounted at {mp} (logs: {})", log.display());
+        if let Some(hidden) = hidden {
+            eprintln!("s3cachefs: warning: {hidden}");
+        }
         return Ok(());
     }
     if let Some(msg) = said.strip_prefix("ERROR ") {

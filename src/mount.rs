@@ -69,6 +69,17 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// The warning for a mountpoint that is not empty: what is in it stays on disk but cannot
+/// be seen while the mount covers it, which looks like lost files. `None` when it is empty
+/// (or cannot be read: then the mount itself says what is wrong).
+pub fn hidden_by_mount(path: &Path) -> Option<String> {
+    let _first_entry = std::fs::read_dir(path).ok()?.next()?;
+    Some(format!(
+        "{} is not empty: what is in it is hidden while s3cachefs is mounted there",
+        path.display()
+    ))
+}
+
 /// Says what went wrong reaching S3 in words a user can act on: what failed, the likely
 /// cause, what to try.
 fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
@@ -111,6 +122,9 @@ pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), Mo
 
 fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(), MountError> {
     check_mountpoint(&cfg.mount.mountpoint)?;
+    if let Some(hidden) = hidden_by_mount(&cfg.mount.mountpoint) {
+        warn!("{hidden}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3cachefs")

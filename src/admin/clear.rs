@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{AdminError, Limits, cache_config, locate};
+use super::{AdminError, Limits, cache_config, count, locate};
 use crate::cache::inspect::InspectError;
 use crate::cache::{Cache, CacheError, LayoutError, SystemClock};
 use crate::control::{ControlError, Request, Response};
@@ -31,6 +31,8 @@ pub enum ClearedBy {
     },
     /// Nothing had the directory mounted.
     Directly { cache_dir: PathBuf },
+    /// The mount runs with the cache off: there was nothing to clear.
+    CacheOff { mountpoint: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,16 +49,22 @@ impl std::fmt::Display for Cleared {
                 cache_dir,
             } => write!(
                 f,
-                "cleared {} entries from {} (the mount at {} did it; files open there keep reading)",
-                self.removed,
+                "cleared {} from {} (the mount at {} did it; files open there keep reading)",
+                count(self.removed, "entry", "entries"),
                 cache_dir.display(),
                 mountpoint.display()
             ),
             ClearedBy::Directly { cache_dir } => write!(
                 f,
-                "cleared {} entries from {} (not mounted)",
-                self.removed,
+                "cleared {} from {} (not mounted)",
+                count(self.removed, "entry", "entries"),
                 cache_dir.display()
+            ),
+            ClearedBy::CacheOff { mountpoint } => write!(
+                f,
+                "nothing to clear: the mount at {} runs with the cache off (--no-cache or \
+                 CACHE_ENABLED=false), so every read goes straight to S3 and nothing is kept",
+                mountpoint.display()
             ),
         }
     }
@@ -66,6 +74,12 @@ pub async fn clear(target: &ClearTarget) -> Result<Cleared, AdminError> {
     match target {
         ClearTarget::Mount(path) => {
             let root = locate::mount_root(path)?;
+            if locate::cache_off(&locate::read_stats(&root)?.1) {
+                return Ok(Cleared {
+                    removed: 0,
+                    by: ClearedBy::CacheOff { mountpoint: root },
+                });
+            }
             let (mut client, status) = locate::connect_mount(&root).await?;
             ask(&mut client, status).await
         }

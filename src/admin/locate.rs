@@ -4,6 +4,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use super::AdminError;
 use crate::control::{self, Client, MountStatus, registry};
 
@@ -26,14 +28,33 @@ pub fn mount_root(path: &Path) -> Result<PathBuf, AdminError> {
             _ => break,
         }
     }
+    // Named as given: the root found above it ("/" for most paths) means nothing to
+    // the user.
     if !root.join(STATS_FILE).is_file() {
         return Err(AdminError::NotAMount(format!(
-            "{} is not in an s3cachefs mount (no {STATS_FILE} at {})",
-            path.display(),
-            root.display()
+            "{} is not in an s3cachefs mount",
+            path.display()
         )));
     }
     Ok(root.to_path_buf())
+}
+
+/// The `.cache-stats` document of the mount at `root`: as the mount wrote it, and parsed.
+pub fn read_stats(root: &Path) -> Result<(String, Value), AdminError> {
+    let file = root.join(STATS_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|err| AdminError::Io {
+        path: file.clone(),
+        err,
+    })?;
+    let doc = serde_json::from_str(&text)
+        .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;
+    Ok((text, doc))
+}
+
+/// Whether a mount's `.cache-stats` says it runs with the cache off: then it has no
+/// cache to clear or warm, and no control socket.
+pub fn cache_off(stats: &Value) -> bool {
+    stats.get("enabled").and_then(Value::as_bool) == Some(false)
 }
 
 /// Connects to the live mount at `root` (a canonical mount root) through the registry of
@@ -42,7 +63,7 @@ pub async fn connect_mount(root: &Path) -> Result<(Client, MountStatus), AdminEr
     let unreachable = |why: String| {
         AdminError::NotAMount(format!(
             "cannot reach the s3cachefs process serving {} ({why}); it may run as another \
-             user or with the cache off. Pass its cache directory instead: --cache-dir DIR",
+             user. Pass its cache directory instead: --cache-dir DIR",
             root.display()
         ))
     };

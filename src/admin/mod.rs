@@ -19,6 +19,19 @@ use crate::control::ControlError;
 pub enum AdminError {
     #[error("{0}")]
     NotAMount(String),
+    /// Asked to warm a path in a mount that keeps nothing.
+    #[error(
+        "{path}: the mount at {root} runs with the cache off (--no-cache or \
+         CACHE_ENABLED=false): nothing read there is kept, so nothing is warmed"
+    )]
+    CacheOff { path: PathBuf, root: PathBuf },
+    #[error("{} is not mounted", .0.display())]
+    NotMounted(PathBuf),
+    #[error("{} is busy: {}", .path.display(), unmount::busy_with(.path, .holders))]
+    Busy {
+        path: PathBuf,
+        holders: Vec<unmount::Holder>,
+    },
     #[error(transparent)]
     Inspect(#[from] InspectError),
     #[error(transparent)]
@@ -59,6 +72,15 @@ pub fn cache_config(dir: PathBuf, limits: Limits, ttl: Duration, profile: String
     }
 }
 
+/// `1 entry`, `2 entries`: a count with its noun, singular for one.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// `1536` → `1.5 KiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -89,6 +111,13 @@ pub fn human_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(count(0, "entry", "entries"), "0 entries");
+        assert_eq!(count(1, "entry", "entries"), "1 entry");
+        assert_eq!(count(2, "miss", "misses"), "2 misses");
+    }
 
     #[test]
     fn human_units() {

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use super::locate::{self, STATS_FILE};
-use super::{AdminError, Limits, human_bytes, human_duration};
+use super::locate;
+use super::{AdminError, Limits, count, human_bytes, human_duration};
 use crate::cache::inspect::{self, InspectError};
 
 /// What to report on.
@@ -48,13 +48,7 @@ pub async fn collect(target: &StatsTarget) -> Result<Report, AdminError> {
     match target {
         StatsTarget::Mount(path) => {
             let root = locate::mount_root(path)?;
-            let file = root.join(STATS_FILE);
-            let json = std::fs::read_to_string(&file).map_err(|err| AdminError::Io {
-                path: file.clone(),
-                err,
-            })?;
-            let doc = serde_json::from_str(&json)
-                .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;
+            let (json, doc) = locate::read_stats(&root)?;
             Ok(Report {
                 origin: Origin::Mount { mountpoint: root },
                 json,
@@ -135,20 +129,30 @@ pub fn render(report: &Report) -> String {
     };
     let head = match &report.origin {
         Origin::Mount { mountpoint } => {
-            let state = if d.get("enabled").and_then(Value::as_bool) == Some(false) {
-                ", cache off"
-            } else {
-                ""
-            };
-            format!(
-                "s3cachefs mount at {} (up {}{state})\n",
+            let head = format!(
+                "s3cachefs mount at {} (up {})\n",
                 mountpoint.display(),
                 human_duration(n("uptime_seconds"))
-            )
+            );
+            // No sizes, limits or hit rate: with nothing kept they would all read zero.
+            if locate::cache_off(d) {
+                line(
+                    "cache",
+                    "off: every read goes straight to S3 and nothing is kept \
+                     (--no-cache or CACHE_ENABLED=false)"
+                        .into(),
+                );
+                line("from S3", human_bytes(n("bytes_from_s3")));
+                if n("errors") > 0 {
+                    line("errors", n("errors").to_string());
+                }
+                return format!("{head}{out}");
+            }
+            head
         }
         Origin::Dir { dir } => format!("s3cachefs cache at {} (not mounted)\n", dir.display()),
     };
-    let (size, max_size, count, max_entries) = (
+    let (size, max_size, entries, max_entries) = (
         n("total_size"),
         n("max_size"),
         n("entry_count"),
@@ -159,10 +163,10 @@ pub fn render(report: &Report) -> String {
         line(
             "hit rate",
             format!(
-                "{:.1}% ({} hits, {} misses)",
+                "{:.1}% ({}, {})",
                 rate * 100.0,
-                n("hits"),
-                n("misses")
+                count(n("hits"), "hit", "hits"),
+                count(n("misses"), "miss", "misses")
             ),
         );
     }
@@ -177,7 +181,10 @@ pub fn render(report: &Report) -> String {
     );
     line(
         "entries",
-        format!("{count} of {max_entries}{}", percent(count, max_entries)),
+        format!(
+            "{entries} of {max_entries}{}",
+            percent(entries, max_entries)
+        ),
     );
     match report.origin {
         Origin::Mount { .. } => {
@@ -231,12 +238,37 @@ mod tests {
         };
         let s = render(&r);
         assert!(s.contains("/mnt/s3 (up 1h 2m)"), "{s}");
-        assert!(s.contains("87.5% (7 hits, 1 misses)"), "{s}");
+        assert!(s.contains("87.5% (7 hits, 1 miss)"), "{s}");
         assert!(s.contains("3.0 MiB of 500.0 MiB (1%)"), "{s}");
         assert!(s.contains("3 of 200 (2%)"), "{s}");
         assert!(s.contains("evictions    2"), "{s}");
         assert!(s.contains("7.0 MiB read from the cache"), "{s}");
         assert!(!s.contains("errors"), "{s}");
+    }
+
+    #[test]
+    fn summary_of_a_mount_with_the_cache_off_says_so() {
+        let doc = json!({
+            "enabled": false, "hits": 0, "misses": 2, "hit_rate": 0.0,
+            "entry_count": 0, "total_size": 0, "max_size": 500u64 << 20,
+            "max_entries": 200, "evictions": 0, "bytes_from_cache": 0,
+            "bytes_from_s3": 2048, "uptime_seconds": 5, "errors": 1
+        });
+        let r = Report {
+            origin: Origin::Mount {
+                mountpoint: "/mnt/s3".into(),
+            },
+            json: pretty(&doc),
+            doc,
+        };
+        let s = render(&r);
+        assert!(
+            s.contains("cache        off: every read goes straight to S3"),
+            "{s}"
+        );
+        assert!(s.contains("from S3      2.0 KiB"), "{s}");
+        assert!(s.contains("errors       1"), "{s}");
+        assert!(!s.contains("500.0 MiB") && !s.contains("hit rate"), "{s}");
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! larger than the whole cache are left out, and so is whatever goes beyond the size or
 //! entry limit (warming it would only evict what was just warmed), and the summary says
 //! so.
+//!
+//! A path or URL that cannot be warmed (missing, outside any mount, in a mount with the
+//! cache off, a malformed URL) is reported and the others are still warmed: the caller
+//! exits non-zero at the end when anything failed.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -23,7 +27,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use super::locate::{self, STATS_FILE};
-use super::{AdminError, Limits, cache_config, human_bytes};
+use super::{AdminError, Limits, cache_config, count, human_bytes};
 use crate::cache::{Cache, CacheError, LayoutError, SystemClock};
 use crate::control::{Client, ControlError, Request, Response};
 use crate::prefetch::{self, Warmed};
@@ -127,72 +131,96 @@ pub struct GroupReport {
 #[derive(Debug, Clone, Default)]
 pub struct WarmReport {
     pub groups: Vec<GroupReport>,
+    /// Paths and URLs given that could not be warmed at all: why, each naming what it is
+    /// about.
+    pub not_warmed: Vec<String>,
 }
 
 impl WarmReport {
-    pub fn failures(&self) -> usize {
-        self.groups.iter().map(|g| g.failed.len()).sum()
+    /// What failed, in words (`1 path and 2 objects could not be warmed`), if anything.
+    pub fn failures(&self) -> Option<String> {
+        let objects: usize = self.groups.iter().map(|g| g.failed.len()).sum();
+        let paths = self.not_warmed.len();
+        let what = match (paths, objects) {
+            (0, 0) => return None,
+            (p, 0) => count(p as u64, "path", "paths"),
+            (0, o) => count(o as u64, "object", "objects"),
+            (p, o) => format!(
+                "{} and {}",
+                count(p as u64, "path", "paths"),
+                count(o as u64, "object", "objects")
+            ),
+        };
+        Some(format!("{what} could not be warmed"))
     }
 }
 
-pub async fn run(s: &WarmSettings) -> Result<WarmReport, AdminError> {
+/// Warms what it can; what it cannot is in the report, not an error.
+pub async fn run(s: &WarmSettings) -> WarmReport {
     let (urls, paths): (Vec<&PathBuf>, Vec<&PathBuf>) = s
         .targets
         .iter()
         .partition(|t| t.to_str().is_some_and(|t| t.starts_with("s3://")));
-    let mut groups = mount_groups(&paths)?;
-    if !urls.is_empty() {
-        groups.push(url_group(s, &urls).await?);
-    }
     let mut report = WarmReport::default();
-    for g in groups {
-        report.groups.push(warm_group(g, s).await);
-    }
-    Ok(report)
-}
-
-/// One group per mount the paths are in, with every file under each path.
-fn mount_groups(paths: &[&PathBuf]) -> Result<Vec<Group>, AdminError> {
     let mut groups: Vec<Group> = Vec::new();
     for path in paths {
-        let root = locate::mount_root(path)?;
-        let idx = match groups
-            .iter()
-            .position(|g| matches!(&g.backend, Backend::Mount(r) if *r == root))
-        {
-            Some(i) => i,
-            None => {
-                let limits = mount_limits(&root)?;
-                groups.push(Group {
-                    title: format!("mount {}", root.display()),
-                    backend: Backend::Mount(root.clone()),
-                    limits,
-                    jobs: Vec::new(),
-                });
-                groups.len() - 1
-            }
-        };
-        let canon = std::fs::canonicalize(path).map_err(|err| AdminError::Io {
-            path: path.to_path_buf(),
-            err,
-        })?;
-        collect_files(&root, &canon, &mut groups[idx].jobs)?;
+        if let Err(e) = add_path(&mut groups, path) {
+            report.not_warmed.push(e.to_string());
+        }
     }
     for g in &mut groups {
         dedup(&mut g.jobs);
     }
-    Ok(groups)
+    if !urls.is_empty()
+        && let Some(g) = url_group(s, &urls, &mut report.not_warmed).await
+    {
+        groups.push(g);
+    }
+    for g in groups {
+        report.groups.push(warm_group(g, s).await);
+    }
+    report
 }
 
-fn mount_limits(root: &Path) -> Result<Limits, AdminError> {
-    let file = root.join(STATS_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|err| AdminError::Io {
-        path: file.clone(),
+/// Adds every file at or under `path` to the group of the mount it is in (one group per
+/// mount). Every error names the path it is about.
+fn add_path(groups: &mut Vec<Group>, path: &Path) -> Result<(), AdminError> {
+    let root = locate::mount_root(path)?;
+    let of_root = |g: &&mut Group| matches!(&g.backend, Backend::Mount(r) if *r == root);
+    // Before walking the path: a mount with its cache off has nothing to warm.
+    let limits = match groups.iter_mut().find(of_root) {
+        Some(g) => g.limits,
+        None => mount_limits(path, &root)?,
+    };
+    let canon = std::fs::canonicalize(path).map_err(|err| AdminError::Io {
+        path: path.to_path_buf(),
         err,
     })?;
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| AdminError::Other(format!("{}: not JSON: {e}", file.display())))?;
-    limits_of(&doc).ok_or_else(|| AdminError::Other(format!("{}: no limits", file.display())))
+    let mut jobs = Vec::new();
+    collect_files(&root, &canon, &mut jobs)?;
+    match groups.iter_mut().find(of_root) {
+        Some(g) => g.jobs.extend(jobs),
+        None => groups.push(Group {
+            title: format!("mount {}", root.display()),
+            backend: Backend::Mount(root.clone()),
+            limits,
+            jobs,
+        }),
+    }
+    Ok(())
+}
+
+/// The limits of the mount at `root`, which `path` is in.
+fn mount_limits(path: &Path, root: &Path) -> Result<Limits, AdminError> {
+    let (_, doc) = locate::read_stats(root)?;
+    if locate::cache_off(&doc) {
+        return Err(AdminError::CacheOff {
+            path: path.to_path_buf(),
+            root: root.to_path_buf(),
+        });
+    }
+    limits_of(&doc)
+        .ok_or_else(|| AdminError::Other(format!("{}: no limits", root.join(STATS_FILE).display())))
 }
 
 fn limits_of(stats: &Value) -> Option<Limits> {
@@ -236,18 +264,60 @@ fn dedup(jobs: &mut Vec<Job>) {
     jobs.retain(|j| seen.insert(j.label.clone()));
 }
 
-/// All `s3://` URLs go to one cache: the live mount's, or ours.
-async fn url_group(s: &WarmSettings, urls: &[&PathBuf]) -> Result<Group, AdminError> {
+/// All `s3://` URLs go to one cache: the live mount's, or ours. What cannot be warmed
+/// goes to `not_warmed`, one line per URL; `None` when none of them can be.
+async fn url_group(
+    s: &WarmSettings,
+    urls: &[&PathBuf],
+    not_warmed: &mut Vec<String>,
+) -> Option<Group> {
     let mut parsed = Vec::new();
     for u in urls {
         let text = u.to_string_lossy();
-        let (bucket, prefix) = prefetch::parse_s3_url(&text).ok_or_else(|| {
-            AdminError::Other(format!(
+        match prefetch::parse_s3_url(&text) {
+            Some(p) => parsed.push((text, p)),
+            None => not_warmed.push(format!(
                 "{text}: expected s3://BUCKET or s3://BUCKET/PREFIX"
-            ))
-        })?;
-        parsed.push((bucket, prefix));
+            )),
+        }
     }
+    if parsed.is_empty() {
+        return None;
+    }
+    let mut group = match url_backend(s).await {
+        Ok(g) => g,
+        Err(e) => {
+            not_warmed.extend(parsed.iter().map(|(text, _)| format!("{text}: {e}")));
+            return None;
+        }
+    };
+    for (text, (bucket, prefix)) in parsed {
+        match list_url(&group.backend, &bucket, &prefix).await {
+            Ok(objects) => {
+                if objects.is_empty() {
+                    eprintln!("s3cachefs: warning: s3://{bucket}/{prefix} names no objects");
+                }
+                group
+                    .jobs
+                    .extend(objects.into_iter().map(|(key, size)| Job {
+                        label: format!("s3://{bucket}/{key}"),
+                        size,
+                        kind: JobKind::Object {
+                            bucket: bucket.clone(),
+                            key,
+                        },
+                    }));
+            }
+            Err(e) => not_warmed.push(format!("{text}: {e}")),
+        }
+    }
+    dedup(&mut group.jobs);
+    Some(group)
+}
+
+/// The cache `s3://` URLs go to: the live mount using `--cache-dir`, or that directory
+/// opened here. The group has no jobs yet.
+async fn url_backend(s: &WarmSettings) -> Result<Group, AdminError> {
     let (backend, limits, title) = match locate::connect_cache_dir(&s.cache_dir).await {
         Some((_, status)) => {
             let limits = limits_of(&status.stats)
@@ -285,50 +355,41 @@ async fn url_group(s: &WarmSettings, urls: &[&PathBuf]) -> Result<Group, AdminEr
             )
         }
     };
-    let mut jobs = Vec::new();
-    for (bucket, prefix) in parsed {
-        let objects = match &backend {
-            Backend::Remote { socket } => {
-                let mut c = Client::connect(socket).await?;
-                match c
-                    .call(&Request::List {
-                        bucket: bucket.clone(),
-                        prefix: prefix.clone(),
-                    })
-                    .await?
-                {
-                    Response::Listing { objects } => {
-                        objects.into_iter().map(|o| (o.key, o.size)).collect()
-                    }
-                    other => return Err(ControlError::Protocol(format!("{other:?}")).into()),
-                }
-            }
-            Backend::Local(cache) => prefetch::list(cache.store().as_ref(), &bucket, &prefix)
-                .await
-                .map_err(|e| AdminError::Other(format!("listing s3://{bucket}/{prefix}: {e}")))?
-                .into_iter()
-                .map(|o| (o.key, o.size))
-                .collect::<Vec<_>>(),
-            Backend::Mount(_) => Vec::new(),
-        };
-        if objects.is_empty() {
-            eprintln!("s3cachefs: warning: s3://{bucket}/{prefix} names no objects");
-        }
-        jobs.extend(objects.into_iter().map(|(key, size)| Job {
-            label: format!("s3://{bucket}/{key}"),
-            size,
-            kind: JobKind::Object {
-                bucket: bucket.clone(),
-                key,
-            },
-        }));
-    }
-    dedup(&mut jobs);
     Ok(Group {
         title,
         backend,
         limits,
-        jobs,
+        jobs: Vec::new(),
+    })
+}
+
+/// (key, size) of every object `s3://bucket/prefix` names.
+async fn list_url(
+    backend: &Backend,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, u64)>, AdminError> {
+    Ok(match backend {
+        Backend::Remote { socket } => {
+            let mut c = Client::connect(socket).await?;
+            let asked = Request::List {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            };
+            match c.call(&asked).await? {
+                Response::Listing { objects } => {
+                    objects.into_iter().map(|o| (o.key, o.size)).collect()
+                }
+                other => return Err(ControlError::Protocol(format!("{other:?}")).into()),
+            }
+        }
+        Backend::Local(cache) => prefetch::list(cache.store().as_ref(), bucket, prefix)
+            .await
+            .map_err(|e| AdminError::Other(format!("listing: {e}")))?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect(),
+        Backend::Mount(_) => Vec::new(),
     })
 }
 
@@ -414,13 +475,14 @@ async fn warm_group(g: Group, s: &WarmSettings) -> GroupReport {
     };
     if !r.too_large.is_empty() || !r.no_room.is_empty() {
         let asked: u64 = sizes.iter().sum();
+        let n = g.jobs.len() as u64;
         eprintln!(
-            "s3cachefs: {} objects ({}) do not fit in the cache ({}, {} entries): warming the \
-             first {}",
-            g.jobs.len(),
+            "s3cachefs: {} ({}) {} not fit in the cache ({}, {}): warming the first {}",
+            count(n, "object", "objects"),
             human_bytes(asked),
+            if n == 1 { "does" } else { "do" },
             human_bytes(g.limits.max_size),
-            g.limits.max_entries,
+            count(g.limits.max_entries, "entry", "entries"),
             p.fit.len()
         );
     }
@@ -488,10 +550,10 @@ impl std::fmt::Display for WarmReport {
         for g in &self.groups {
             write!(
                 f,
-                "{}: warmed {} of {} objects ({}) in {:.1} s",
+                "{}: warmed {} of {} ({}) in {:.1} s",
                 g.title,
                 g.warmed,
-                g.asked,
+                count(g.asked as u64, "object", "objects"),
                 human_bytes(g.bytes),
                 g.elapsed.as_secs_f64()
             )?;
@@ -523,12 +585,12 @@ impl std::fmt::Display for WarmReport {
                     let bytes: u64 = g.no_room.iter().map(|(_, s)| s).sum();
                     writeln!(
                         f,
-                        "  left out: {} objects ({}) beyond the cache's limits ({}, {} entries), \
-                         e.g. {}; raise --cache-max-size-mb / --cache-max-entries of the mount",
-                        g.no_room.len(),
+                        "  left out: {} ({}) beyond the cache's limits ({}, {}), e.g. {}; raise \
+                         --cache-max-size-mb / --cache-max-entries of the mount",
+                        count(g.no_room.len() as u64, "object", "objects"),
                         human_bytes(bytes),
                         human_bytes(l.max_size),
-                        l.max_entries,
+                        count(l.max_entries, "entry", "entries"),
                         g.no_room[0].0
                     )?;
                 }
@@ -536,6 +598,9 @@ impl std::fmt::Display for WarmReport {
             for (what, e) in &g.failed {
                 writeln!(f, "  failed: {what}: {e}")?;
             }
+        }
+        for why in &self.not_warmed {
+            writeln!(f, "failed: {why}")?;
         }
         Ok(())
     }

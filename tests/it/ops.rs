@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -76,12 +76,10 @@ fn stats_of_a_live_mount_and_of_a_bare_cache_dir_agree_with_cache_stats() {
     // Any path in the mount names it.
     let human = ok(&run(&["stats"], &[&m.p("bkt")]));
     assert!(human.contains("hit rate"), "{human}");
+    // One read of a.bin was a hit: "1 hit", singular.
+    assert_eq!(n(&file, "hits"), 1, "{file}");
     assert!(
-        human.contains(&format!(
-            "({} hits, {} misses)",
-            n(&file, "hits"),
-            n(&file, "misses")
-        )),
+        human.contains(&format!("(1 hit, {} misses)", n(&file, "misses"))),
         "{human}"
     );
     assert!(human.contains("2 of 200"), "{human}");
@@ -180,7 +178,7 @@ fn clear_on_a_live_mount_empties_it_while_an_open_handle_keeps_its_bytes() {
     assert!(m.stop().success());
     let out = ok(&run(&["clear", "--cache-dir", &cache_dir_arg(&env)], &[]));
     assert!(
-        out.contains("cleared 1 entries") && out.contains("not mounted"),
+        out.contains("cleared 1 entry ") && out.contains("not mounted"),
         "{out}"
     );
     let bare = json(&run(
@@ -404,11 +402,501 @@ fn fstab_style_mount_through_mount_fuse3() {
     wait_entries(&mp, 1);
     // The mount is ours to operate like any other.
     let out = ok(&run(&["clear"], &[&mp]));
-    assert!(out.contains("cleared 1 entries"), "{out}");
+    assert!(out.contains("cleared 1 entry "), "{out}");
     ok(&run(&["unmount"], &[&mp]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_mounted(&mp) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!is_mounted(&mp));
+}
+
+/// Runs `s3cachefs ARGS` expecting it to exit with `code`; returns its stderr.
+fn fails(args: &[&str], extra: &[&Path], code: i32) -> String {
+    let out = run(args, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?}\nstdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+#[test]
+fn contradicting_flags_negative_numbers_and_bad_endpoints_are_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).expect("mkdir");
+    let mp = mp.to_str().expect("utf-8 path");
+    // An endpoint nothing listens on: were a command accepted, it would fail at once
+    // with exit 1 rather than 2.
+    let mount = |extra: &[&str]| {
+        let mut args = vec![
+            "mount",
+            mp,
+            "--foreground",
+            "--max-attempts",
+            "1",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, &[], 2)
+    };
+    for (extra, first, second) in [
+        (
+            &["--no-cache", "--cache-enabled", "true"][..],
+            "--no-cache",
+            "--cache-enabled true",
+        ),
+        (
+            &["--cache-enabled", "yes", "--no-cache"][..],
+            "--no-cache",
+            "--cache-enabled yes",
+        ),
+        (
+            &["--validate-etag", "true", "--no-validate-etag"][..],
+            "--no-validate-etag",
+            "--validate-etag true",
+        ),
+    ] {
+        let err = mount(extra);
+        assert!(
+            err.contains(first) && err.contains(second) && err.contains("cannot be used together"),
+            "{extra:?}: {err}"
+        );
+    }
+    // Both saying the same is no contradiction; the variable gives way to the switch.
+    let out = run(
+        &[
+            "mount",
+            mp,
+            "--foreground",
+            "--max-attempts",
+            "1",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--no-cache",
+            "--cache-enabled",
+            "false",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let mut c = bin();
+    c.args(["mount", mp, "--foreground", "--max-attempts", "1"])
+        .args(["--endpoint-url", "http://127.0.0.1:9", "--no-cache"])
+        .env("CACHE_ENABLED", "true");
+    assert_eq!(c.output().expect("run").status.code(), Some(1));
+
+    // Negative numbers reach our checks, which name the flag.
+    for (flag, value) in [
+        ("--cache-max-size-mb", "-5"),
+        ("--cache-max-entries", "-1"),
+        ("--cache-ttl-hours", "-0.5"),
+        ("--read-timeout", "-3"),
+        ("--uid", "-1"),
+    ] {
+        let err = mount(&[flag, value]);
+        assert!(
+            err.contains(flag) && err.contains(&format!("\"{value}\"")),
+            "{flag}: {err}"
+        );
+        assert!(!err.contains("unexpected argument"), "{err}");
+    }
+    let err = fails(&["warm", "--jobs", "-2", "s3://bkt"], &[], 2);
+    assert!(err.contains("--jobs") && err.contains("\"-2\""), "{err}");
+    let err = fails(&["stats", "--cache-max-entries", "-2"], &[], 2);
+    assert!(err.contains("--cache-max-entries"), "{err}");
+
+    // An endpoint that is no URL says so, whichever command and source.
+    for bad in ["notaurl", "127.0.0.1:9000", "http://", "ftp://host"] {
+        let out = run(&["mount", mp, "--foreground", "--endpoint-url", bad], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--endpoint-url") && err.contains("http://"),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("region"), "{bad}: {err}");
+    }
+    let err = fails(&["warm", "s3://bkt", "--endpoint-url", "notaurl"], &[], 2);
+    assert!(err.contains("--endpoint-url"), "{err}");
+    let mut c = bin();
+    c.args(["mount", mp, "--foreground"])
+        .env("AWS_ENDPOINT_URL", "notaurl");
+    let out = c.output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_ENDPOINT_URL"));
+
+    // stats and clear take a mountpoint or a cache directory, not both.
+    for cmd in ["stats", "clear"] {
+        let err = fails(&[cmd, mp, "--cache-dir", mp], &[], 2);
+        assert!(
+            err.contains("MOUNTPOINT") && err.contains("--cache-dir"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_fstab_value_error_names_the_option_as_written_there() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).expect("mkdir");
+    // As mount.fuse3 runs the helper for an fstab line.
+    let helper = |opts: &str| {
+        let out = bin()
+            .arg("bkt")
+            .arg(&mp)
+            .args(["-o", opts])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{opts}: {err}");
+        err
+    };
+    let err = helper("rw,endpoint_url=http://127.0.0.1:9,cache_max_size_mb=abc");
+    assert!(
+        err.contains("cache_max_size_mb") && err.contains("\"abc\""),
+        "{err}"
+    );
+    assert!(!err.contains("--cache-max-size-mb"), "{err}");
+    let err = helper("endpoint_url=http://127.0.0.1:9,cache_max_entries=-3");
+    assert!(
+        err.contains("cache_max_entries") && !err.contains("--"),
+        "{err}"
+    );
+    let err = helper("endpoint_url=notaurl");
+    assert!(err.contains("endpoint_url") && !err.contains("--"), "{err}");
+    let err = helper("endpoint_url=http://127.0.0.1:9,no_cache,cache_enabled=true");
+    assert!(
+        err.contains("no_cache") && err.contains("cache_enabled=true"),
+        "{err}"
+    );
+    // A value from the environment is still named by its variable.
+    let out = bin()
+        .arg("bkt")
+        .arg(&mp)
+        .args(["-o", "endpoint_url=http://127.0.0.1:9"])
+        .env("CACHE_MAX_ENTRIES", "lots")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CACHE_MAX_ENTRIES"));
+}
+
+#[test]
+fn stats_clear_and_warm_show_their_warnings_and_take_v() {
+    let env = Env::new();
+    env.server.put("bkt", "a", pattern(1, 1000));
+    let dir = env.tmp.path().join("cache2");
+    let out = run(
+        &[
+            "warm",
+            "s3://bkt",
+            "--endpoint-url",
+            &env.server.endpoint(),
+            "--force-path-style",
+            "--cache-dir",
+        ],
+        &[&dir],
+    );
+    ok(&out);
+    // A damaged index is set aside with a warning, which the user must see.
+    std::fs::write(dir.join("index.redb"), b"not an index").expect("damage the index");
+    let out = run(&["clear", "--cache-dir"], &[&dir]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("cache index unreadable"),
+        "{err}"
+    );
+    // Only warnings by default; -v and VERBOSE say more, as for mount.
+    let out = run(&["stats", "--cache-dir"], &[&dir]);
+    assert!(!String::from_utf8_lossy(&ok_err(&out)).contains("INFO"));
+    let out = run(&["stats", "-v", "--cache-dir"], &[&dir]);
+    ok(&out);
+    let mut c = bin();
+    c.args(["stats", "--cache-dir"])
+        .arg(&dir)
+        .env("VERBOSE", "maybe");
+    let out = c.output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VERBOSE"));
+}
+
+/// The stderr of a command that succeeded.
+fn ok_err(out: &Output) -> Vec<u8> {
+    ok(out);
+    out.stderr.clone()
+}
+
+/// Waits until `file` holds `text`: a mount logs some lines only once the kernel talks
+/// to it.
+fn wait_for_log(file: &Path, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(file).unwrap_or_default();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn with_the_cache_off_stats_clear_warm_and_the_log_say_so() {
+    let env = Env::new();
+    let data = pattern(3, 10_000);
+    env.server.put("bkt", "a.bin", data.clone());
+    let log = env.tmp.path().join("mount.log");
+    let m = Mount::start_logging_to(
+        &env,
+        &["--no-cache"],
+        Stdio::from(std::fs::File::create(&log).expect("log file")),
+    );
+    assert!(std::fs::read(m.p("bkt/a.bin")).expect("read") == data);
+
+    let text = wait_for_log(&log, "read path:");
+    assert!(
+        text.contains("read path: straight from S3 (the cache is off"),
+        "{text}"
+    );
+    assert!(!text.contains("passthrough"), "{text}");
+
+    let human = ok(&run(&["stats"], &[&m.path]));
+    assert!(
+        human.contains("off: every read goes straight to S3"),
+        "{human}"
+    );
+    assert!(
+        !human.contains("500.0 MiB") && !human.contains("hit rate"),
+        "{human}"
+    );
+    assert!(human.contains("from S3"), "{human}");
+    // The counters are still there for those who want them.
+    let doc = json(&run(&["stats", "--json"], &[&m.path]));
+    assert_eq!(doc["enabled"], Value::Bool(false), "{doc}");
+    assert_eq!(n(&doc, "bytes_from_s3"), 10_000, "{doc}");
+
+    // Nothing to clear is no failure.
+    let out = ok(&run(&["clear"], &[&m.path]));
+    assert!(
+        out.contains("nothing to clear") && out.contains("cache off"),
+        "{out}"
+    );
+
+    // Warming would keep nothing: said, and a failure.
+    let out = run(&["warm"], &[&m.p("bkt/a.bin")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("cache off"), "{stdout}");
+    assert!(!stdout.contains("fetched from S3"), "{stdout}");
+    assert!(stderr.contains("1 path could not be warmed"), "{stderr}");
+}
+
+#[test]
+fn mounting_over_a_non_empty_directory_warns_naming_it() {
+    let env = Env::new();
+    env.server.put("bkt", "x", "x");
+    // Foreground: a WARN line in the log (its stderr).
+    let fg = env.tmp.path().join("mnt");
+    std::fs::create_dir_all(&fg).expect("mkdir");
+    std::fs::write(fg.join("left-behind.txt"), "mine").expect("write");
+    let log = env.tmp.path().join("mount.log");
+    let mut m = Mount::start_logging_to(
+        &env,
+        &[],
+        Stdio::from(std::fs::File::create(&log).expect("log file")),
+    );
+    let text = wait_for_log(&log, "not empty");
+    let line = text
+        .lines()
+        .find(|l| l.contains("not empty"))
+        .expect("the warning");
+    assert!(
+        line.contains("WARN") && line.contains(&fg.display().to_string()),
+        "{line}"
+    );
+    assert!(m.stop().success());
+    assert!(
+        fg.join("left-behind.txt").exists(),
+        "still there once unmounted"
+    );
+
+    // Background: said on the command's stderr too (the log is a file by then).
+    let bg = env.tmp.path().join("bg");
+    std::fs::create_dir_all(&bg).expect("mkdir");
+    std::fs::write(bg.join("left-behind.txt"), "mine").expect("write");
+    let _guard = Unmount(bg.clone());
+    let mount_bg = || {
+        bin()
+            .arg("mount")
+            .arg(&bg)
+            .args([
+                "--endpoint-url",
+                &env.server.endpoint(),
+                "--force-path-style",
+            ])
+            .arg("--cache-dir")
+            .arg(env.cache_dir())
+            .output()
+            .expect("run")
+    };
+    let out = mount_bg();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains(&format!("{} is not empty", bg.display())),
+        "{stderr}"
+    );
+    ok(&run(&["unmount"], &[&bg]));
+    // An empty directory: no warning.
+    std::fs::remove_file(bg.join("left-behind.txt")).expect("rm");
+    let out = mount_bg();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&run(&["unmount"], &[&bg]));
+}
+
+/// Kills its children on drop, so a failing test leaves no process holding a mount.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn unmount_says_what_is_not_mounted_and_who_keeps_a_mount_busy() {
+    let env = Env::new();
+    env.server.put("bkt", "held.txt", "held open");
+    let plain = env.tmp.path().join("plain");
+    std::fs::create_dir(&plain).expect("mkdir");
+    for p in [plain.clone(), env.tmp.path().join("missing")] {
+        let err = fails(&["unmount"], &[&p], 1);
+        assert!(
+            err.contains(&format!("{} is not mounted", p.display())),
+            "{err}"
+        );
+        assert!(
+            !err.contains("fusermount3") && !err.contains("Invalid argument"),
+            "{err}"
+        );
+    }
+
+    let m = Mount::start(&env, &[]);
+    let sleep = || {
+        let mut c = Command::new("sleep");
+        c.arg("60");
+        c
+    };
+    let mut holders = Children(Vec::new());
+    // One has its working directory in the mount, one a file of it open.
+    holders
+        .0
+        .push(sleep().current_dir(m.p("bkt")).spawn().expect("sleep"));
+    let file = std::fs::File::open(m.p("bkt/held.txt")).expect("open");
+    holders.0.push(sleep().stdin(file).spawn().expect("sleep"));
+    let err = fails(&["unmount"], &[&m.path], 1);
+    assert!(
+        err.starts_with(&format!("s3cachefs: {} is busy", m.path.display())),
+        "{err}"
+    );
+    for c in &holders.0 {
+        assert!(err.contains(&format!("{} (sleep)", c.id())), "{err}");
+    }
+    assert!(!err.contains("fusermount3"), "{err}");
+    assert!(is_mounted(&m.path), "still mounted");
+
+    drop(holders);
+    ok(&run(&["unmount"], &[&m.path]));
+    assert!(!is_mounted(&m.path));
+}
+
+#[test]
+fn stats_and_clear_name_the_path_given_when_it_is_no_mount() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(tmp.path().join("plain")).expect("mkdir");
+    for cmd in ["stats", "clear"] {
+        let out = bin()
+            .args([cmd, "plain"])
+            .current_dir(tmp.path())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("plain is not in an s3cachefs mount"),
+            "{cmd}: {err}"
+        );
+        // Not the root of the filesystem it found above the path.
+        assert!(!err.contains(".cache-stats at"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn warm_warms_every_good_path_and_reports_each_bad_one() {
+    let env = Env::new();
+    for i in 0..3u64 {
+        env.server.put("bkt", &format!("d/f{i}"), pattern(i, 5_000));
+    }
+    env.server.put("bkt", "g", pattern(9, 5_000));
+    let m = Mount::start(&env, &[]);
+    let outside = env.tmp.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let missing = m.p("bkt/nope");
+    let out = run(
+        &["warm"],
+        &[
+            &m.p("bkt/d"),
+            &missing,
+            &outside,
+            &m.p("bkt/g"),
+            Path::new("s3://"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("warmed 4 of 4 objects"), "{stdout}");
+    for bad in [
+        format!("failed: {}: No such file", missing.display()),
+        format!("failed: {} is not in an s3cachefs mount", outside.display()),
+        "failed: s3://: expected s3://BUCKET".to_string(),
+    ] {
+        assert!(stdout.contains(&bad), "{bad}\n{stdout}");
+    }
+    assert!(stderr.contains("3 paths could not be warmed"), "{stderr}");
+    wait_entries(&m.path, 4);
+}
+
+#[test]
+fn counts_of_one_are_singular() {
+    let env = Env::new();
+    env.server.put("bkt", "one", pattern(4, 3_000));
+    let m = Mount::start(&env, &[]);
+    for _ in 0..2 {
+        std::fs::read(m.p("bkt/one")).expect("read");
+    }
+    wait_entries(&m.path, 1);
+    let human = ok(&run(&["stats"], &[&m.path]));
+    assert!(human.contains("(1 hit, 1 miss)"), "{human}");
+    let out = ok(&run(&["clear"], &[&m.path]));
+    assert!(out.contains("cleared 1 entry "), "{out}");
+    let out = ok(&run(&["warm"], &[&m.p("bkt/one")]));
+    assert!(out.contains("warmed 1 of 1 object "), "{out}");
 }
