@@ -107,8 +107,8 @@ fn stamp(st: &Stat) -> Stamp {
     Stamp {
         ino: st.st_ino,
         size: st.st_size.max(0) as u64,
-        mtime_ns: ns(st.st_mtime, st.st_mtime_nsec as u64),
-        ctime_ns: ns(st.st_ctime, st.st_ctime_nsec as u64),
+        mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+        ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
     }
 }
 
@@ -464,11 +464,11 @@ impl Layout {
 
     /// Removes a name found by [`Layout::scan_shard`] that is no entry of the index.
     pub fn remove_in_shard(&self, shard: u8, name: &OsString) {
-        if let Ok(fd) = open_subdir(&self.fd, &hex::encode([shard])) {
-            if rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_err() {
-                // A directory someone made there.
-                let _ = rustix::fs::unlinkat(&fd, name, AtFlags::REMOVEDIR);
-            }
+        if let Ok(fd) = open_subdir(&self.fd, &hex::encode([shard]))
+            && rustix::fs::unlinkat(&fd, name, AtFlags::empty()).is_err()
+        {
+            // A directory someone made there.
+            let _ = rustix::fs::unlinkat(&fd, name, AtFlags::REMOVEDIR);
         }
     }
 
