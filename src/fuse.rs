@@ -441,7 +441,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.fs.readdir(fh.0, offset) {
+        let entries = match self.fs.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => {
                 reply.error(errno(&e));
@@ -469,7 +469,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(fh.0, offset) {
+        let entries = match self.fs.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => {
                 reply.error(errno(&e));

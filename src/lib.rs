@@ -19,8 +19,10 @@
 //! - [`prefetch`]: warming with an open cache: what an `s3://` prefix names, and one
 //!   object opened through the cache.
 //! - [`fuse`]: the only module that sees `fuser`: kernel requests to [`fs`] calls.
-//! - [`fs`]: filesystem logic with no FUSE types: inodes, listings, open handles,
-//!   directory read-ahead, `.cache-stats`, errno mapping.
+//! - [`fs`]: filesystem logic with no FUSE types: `types` (its vocabulary), `inode`
+//!   (numbers and what is known of each path), `listing` (directories from S3), `open`
+//!   (open handles and reads), `readahead` (directories read in order), `error` (errno
+//!   mapping); `.cache-stats` in `mod.rs`.
 //! - [`cache`]: the read-through cache: keys, the sharded store on disk, the persistent
 //!   LRU index (redb, committed in groups), limits, TTL, downloads and the
 //!   `.cache-stats` counters;

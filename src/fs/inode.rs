@@ -13,25 +13,7 @@ use std::time::{Instant, SystemTime};
 use crate::config::Source;
 use crate::store::{ObjectMeta, same_etag};
 
-use super::{DirEntry, ROOT_INO};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-}
-
-/// Attributes as the filesystem layer reports them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: u64,
-    pub kind: Kind,
-    pub size: u64,
-    pub mtime: SystemTime,
-    pub perm: u16,
-    pub uid: u32,
-    pub gid: u32,
-}
+use super::types::{DirEntry, Kind, ROOT_INO};
 
 pub struct Node {
     pub parent: u64,

@@ -1,0 +1,63 @@
+//! The filesystem layer's vocabulary, shared by its parts and with `fuse.rs`: the fixed
+//! inode numbers, the settings, attributes, directory entries, and what an open returns.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Source;
+
+pub const ROOT_INO: u64 = 1;
+pub const STATS_INO: u64 = 2;
+pub const STATS_NAME: &str = ".cache-stats";
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub source: Source,
+    pub metadata_ttl: Duration,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// Files fetched ahead in a directory read in order (0: off).
+    pub readahead_files: usize,
+    /// Only objects up to this size are fetched ahead.
+    pub readahead_max_size: u64,
+}
+
+/// What `open` tells the kernel besides the handle.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub fh: u64,
+    /// Read through `read` every time (the stats file, whose size is not known ahead).
+    pub direct_io: bool,
+    /// The kernel may keep pages cached from an earlier open: same object version.
+    pub keep_cache: bool,
+    /// The local cache file holding the whole object, when there is one.
+    pub cache_file: Option<Arc<std::fs::File>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes as the filesystem layer reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One entry of a directory as `readdir` returns it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
