@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cache::CacheConfig;
+pub use crate::fs::Source;
+use crate::fuse::FuseOptions;
 use crate::store::S3Options;
 
 pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
@@ -32,15 +34,6 @@ pub enum ConfigError {
     Other(String),
 }
 
-/// What the mount shows at its root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Every bucket the credentials can list, one directory each.
-    AllBuckets,
-    /// One bucket, or a prefix of it (always ending in `/` when not empty).
-    Bucket { bucket: String, prefix: String },
-}
-
 #[derive(Debug, Clone)]
 pub struct MountSettings {
     pub mountpoint: PathBuf,
@@ -59,6 +52,18 @@ pub struct MountSettings {
     /// Use FUSE passthrough for complete cache files when the kernel allows it.
     pub passthrough: bool,
     pub log_file: Option<PathBuf>,
+}
+
+impl MountSettings {
+    /// What the FUSE layer needs of these.
+    pub fn fuse_options(&self) -> FuseOptions {
+        FuseOptions {
+            mountpoint: self.mountpoint.clone(),
+            allow_other: self.allow_other,
+            threads: self.fuse_threads,
+            passthrough: self.passthrough,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -20,7 +20,6 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
-use crate::config::MountSettings;
 use crate::fs::{Attr, FsError, Kind, S3Fs};
 
 /// Largest read the kernel sends at once (and readahead it may do).
@@ -607,9 +606,21 @@ impl Unmounter {
     }
 }
 
+/// What the kernel side of a mount needs to know.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    pub mountpoint: PathBuf,
+    /// Let other users see the mount.
+    pub allow_other: bool,
+    /// Threads answering the kernel.
+    pub threads: usize,
+    /// Use FUSE passthrough for complete cache files when the kernel allows it.
+    pub passthrough: bool,
+}
+
 /// Mounts `fs` at the mountpoint: the kernel sees it from here on, and requests queue
 /// until [`Mounted::run`].
-pub fn mount(fs: Arc<S3Fs>, rt: Handle, settings: &MountSettings) -> io::Result<Mounted> {
+pub fn mount(fs: Arc<S3Fs>, rt: Handle, settings: &FuseOptions) -> io::Result<Mounted> {
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("s3cachefs".into()),
@@ -624,8 +635,8 @@ pub fn mount(fs: Arc<S3Fs>, rt: Handle, settings: &MountSettings) -> io::Result<
     if settings.allow_other {
         cfg.acl = SessionACL::All;
     }
-    cfg.n_threads = Some(settings.fuse_threads);
-    cfg.clone_fd = settings.fuse_threads > 1;
+    cfg.n_threads = Some(settings.threads);
+    cfg.clone_fd = settings.threads > 1;
     let adapter = FuseAdapter {
         fs,
         rt,
@@ -634,7 +645,7 @@ pub fn mount(fs: Arc<S3Fs>, rt: Handle, settings: &MountSettings) -> io::Result<
         modes: Arc::new(Mutex::new(OpenModes::default())),
     };
     let session = Session::new(adapter, &settings.mountpoint, &cfg)?;
-    info!(mountpoint = %settings.mountpoint.display(), threads = settings.fuse_threads, "mounted");
+    info!(mountpoint = %settings.mountpoint.display(), threads = settings.threads, "mounted");
     Ok(Mounted { session })
 }
 

@@ -7,16 +7,18 @@
 //!
 //! - `main.rs` / [`cli`]: flags and environment, validated into a [`config::Config`];
 //!   logging; running in the background. `anyhow` lives only in `main.rs`.
-//! - [`config`]: the validated settings and their defaults (one place).
 //! - [`fstab`]: `/etc/fstab` lines: a mount.fuse3 call turned into `s3cachefs mount` flags.
 //! - [`admin`]: the operating commands `stats`, `clear` and `warm`, on a live mount or on an
 //!   unmounted cache directory, and `unmount`, which waits for the mount's process.
 //! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
 //!   control socket, periodic summaries in the log).
+//! - [`config`]: the validated settings of a whole mount, made of the lower layers' own
+//!   settings ([`cache::CacheConfig`], [`store::S3Options`], [`fs::Source`],
+//!   [`fuse::FuseOptions`]).
 //! - [`control`]: a running mount's control socket (`<cache dir>/control.sock`): the
 //!   server the mount runs, the client the commands use, and the registry that finds the
 //!   socket from a mountpoint.
-//! - [`prefetch`]: warming with an open cache: what an `s3://` prefix names, and one
+//! - [`warming`]: warming with an open cache: what an `s3://` prefix names, and one
 //!   object opened through the cache.
 //! - [`fuse`]: the only module that sees `fuser`: kernel requests to [`fs`] calls.
 //! - [`fs`]: filesystem logic with no FUSE types: `types` (its vocabulary), `inode`
@@ -39,5 +41,5 @@ pub mod fs;
 pub mod fstab;
 pub mod fuse;
 pub mod mount;
-pub mod prefetch;
 pub mod store;
+pub mod warming;

@@ -134,9 +134,11 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
     let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
     rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
-        fuse::mount(fs, rt.handle().clone(), &cfg.mount).map_err(|source| MountError::Fuse {
-            path: cfg.mount.mountpoint.display().to_string(),
-            source,
+        fuse::mount(fs, rt.handle().clone(), &cfg.mount.fuse_options()).map_err(|source| {
+            MountError::Fuse {
+                path: cfg.mount.mountpoint.display().to_string(),
+                source,
+            }
         })?;
     let mut unmounter = mounted.unmounter();
     rt.spawn(async move {

@@ -109,7 +109,7 @@ async fn ask(
 }
 
 async fn clear_directly(dir: &Path) -> Result<Cleared, AdminError> {
-    if !dir.join("index.redb").is_file() {
+    if !dir.join(crate::cache::INDEX_FILE).is_file() {
         return Err(if dir.is_dir() {
             InspectError::NotACache(dir.to_path_buf())
         } else {

@@ -10,7 +10,7 @@ use super::AdminError;
 use crate::control::{self, Client, MountStatus, registry};
 
 /// The name of the stats file at a mount's root.
-pub const STATS_FILE: &str = ".cache-stats";
+pub use crate::fs::STATS_NAME as STATS_FILE;
 
 /// The root of the s3cachefs mount that `path` is in (canonical): the topmost directory
 /// above it on the same filesystem, which must have a `.cache-stats`.

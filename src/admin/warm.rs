@@ -30,8 +30,8 @@ use super::locate::{self, STATS_FILE};
 use super::{AdminError, Limits, cache_config, count, human_bytes};
 use crate::cache::{Cache, CacheError, LayoutError, SystemClock};
 use crate::control::{Client, ControlError, Request, Response};
-use crate::prefetch::{self, Warmed};
 use crate::store::{S3Options, S3Store};
+use crate::warming::{self, Warmed};
 
 /// The validated settings of `warm`.
 #[derive(Debug, Clone)]
@@ -274,7 +274,7 @@ async fn url_group(
     let mut parsed = Vec::new();
     for u in urls {
         let text = u.to_string_lossy();
-        match prefetch::parse_s3_url(&text) {
+        match warming::parse_s3_url(&text) {
             Some(p) => parsed.push((text, p)),
             None => not_warmed.push(format!(
                 "{text}: expected s3://BUCKET or s3://BUCKET/PREFIX"
@@ -383,7 +383,7 @@ async fn list_url(
                 other => return Err(ControlError::Protocol(format!("{other:?}")).into()),
             }
         }
-        Backend::Local(cache) => prefetch::list(cache.store().as_ref(), bucket, prefix)
+        Backend::Local(cache) => warming::list(cache.store().as_ref(), bucket, prefix)
             .await
             .map_err(|e| AdminError::Other(format!("listing: {e}")))?
             .into_iter()
@@ -422,7 +422,7 @@ async fn run_job(backend: &Backend, job: &Job) -> JobResult {
             }
         }
         (JobKind::Object { bucket, key }, Backend::Local(cache)) => {
-            prefetch::warm_one(cache, bucket, key)
+            warming::warm_one(cache, bucket, key)
                 .await
                 .map(|(w, _)| Some(w))
                 .map_err(|e| e.to_string())

@@ -44,7 +44,7 @@ pub fn inspect(dir: &Path) -> Result<DirSummary, InspectError> {
     }
     // Checked before taking the lock: opening the layout creates the shard directories,
     // which must not happen in a directory that was never a cache (a mistyped path).
-    let index = dir.join("index.redb");
+    let index = dir.join(super::layout::INDEX_FILE);
     if !index.is_file() {
         return Err(InspectError::NotACache(dir.to_path_buf()));
     }

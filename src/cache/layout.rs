@@ -25,6 +25,8 @@ use super::key::CacheKey;
 
 /// Name of the index file in the cache directory.
 pub const INDEX_FILE: &str = "index.redb";
+/// The lock file: held (flock) by the one process using the directory.
+const LOCK_FILE: &str = ".lock";
 /// Extended attribute on each cache file holding its index row (JSON), so that a lost
 /// index can be rebuilt from the files themselves.
 const ROW_XATTR: &str = "user.s3cachefs.row";
@@ -272,10 +274,10 @@ impl Layout {
     pub fn open(dir: &Path) -> Result<Layout, LayoutError> {
         let fd = open_trusted_dir(dir)?;
         check_entries(dir, &fd)?;
-        let lock_path = dir.join(".lock");
+        let lock_path = dir.join(LOCK_FILE);
         let lock = rustix::fs::openat(
             &fd,
-            ".lock",
+            LOCK_FILE,
             OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )

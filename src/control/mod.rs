@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefetch::Warmed;
+use crate::warming::Warmed;
 
 pub use client::Client;
 pub use server::ControlServer;
@@ -42,7 +42,7 @@ pub enum Request {
     Stats,
     /// Empty the cache; handles already open keep reading their bytes.
     Clear,
-    /// Every object `s3://bucket/prefix` names (see [`crate::prefetch::list`]), so the
+    /// Every object `s3://bucket/prefix` names (see [`crate::warming::list`]), so the
     /// client can check the limits and size its progress bar before warming.
     List { bucket: String, prefix: String },
     /// Open one object through the cache, which fetches it on a miss.

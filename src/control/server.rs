@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::registry::Registration;
 use super::{Listed, MAX_REQUEST, MountStatus, Request, Response};
 use crate::cache::Cache;
-use crate::prefetch;
+use crate::warming;
 
 /// The running server. Dropping it stops accepting and removes the socket and the
 /// registry entry, so a stale socket never answers for a mount that is gone.
@@ -184,7 +184,7 @@ async fn answer(req: Request, cache: &Cache, status: &Status) -> Response {
             }
         }
         Request::List { bucket, prefix } => {
-            match prefetch::list(cache.store().as_ref(), &bucket, &prefix).await {
+            match warming::list(cache.store().as_ref(), &bucket, &prefix).await {
                 Ok(objects) => Response::Listing {
                     objects: objects
                         .into_iter()
@@ -199,7 +199,7 @@ async fn answer(req: Request, cache: &Cache, status: &Status) -> Response {
                 },
             }
         }
-        Request::Warm { bucket, key } => match prefetch::warm_one(cache, &bucket, &key).await {
+        Request::Warm { bucket, key } => match warming::warm_one(cache, &bucket, &key).await {
             Ok((outcome, size)) => Response::Warmed { outcome, size },
             Err(e) => Response::Error {
                 message: format!("s3://{bucket}/{key}: {e}"),
@@ -220,8 +220,8 @@ mod tests {
     use crate::admin::{Limits, cache_config};
     use crate::cache::SystemClock;
     use crate::control::{Client, ControlError, SOCKET_NAME, registry};
-    use crate::prefetch::Warmed;
     use crate::store::MemoryStore;
+    use crate::warming::Warmed;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_stats_list_warm_and_clear_then_goes_away() {

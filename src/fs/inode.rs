@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::config::Source;
+use super::types::Source;
 use crate::store::{ObjectMeta, same_etag};
 
 use super::types::{DirEntry, Kind, ROOT_INO};

@@ -15,7 +15,7 @@ mod readahead;
 mod types;
 
 pub use error::FsError;
-pub use types::{Attr, DirEntry, FsConfig, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME};
+pub use types::{Attr, DirEntry, FsConfig, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -225,7 +225,6 @@ impl S3Fs {
 mod tests {
     use super::*;
     use crate::cache::{CacheConfig, SystemClock};
-    use crate::config::Source;
     use crate::store::MemoryStore;
 
     fn fs_over(store: Arc<MemoryStore>) -> S3Fs {

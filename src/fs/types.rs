@@ -1,10 +1,9 @@
 //! The filesystem layer's vocabulary, shared by its parts and with `fuse.rs`: the fixed
-//! inode numbers, the settings, attributes, directory entries, and what an open returns.
+//! inode numbers, the settings, what the mount shows at its root, attributes, directory
+//! entries, and what an open returns.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use crate::config::Source;
 
 pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
@@ -60,4 +59,13 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: String,
+}
+
+/// What the mount shows at its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Every bucket the credentials can list, one directory each.
+    AllBuckets,
+    /// One bucket, or a prefix of it (always ending in `/` when not empty).
+    Bucket { bucket: String, prefix: String },
 }
