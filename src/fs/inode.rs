@@ -8,7 +8,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+// tokio's clock: the real one, which tests can pause and move (metadata TTL, retry window).
+use tokio::time::Instant;
 
 use super::types::Source;
 use crate::store::{ObjectMeta, same_etag};

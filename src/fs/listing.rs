@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::inode::NodeData;

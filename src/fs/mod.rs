@@ -20,10 +20,12 @@ pub use types::{Attr, DirEntry, FsConfig, Kind, Opened, ROOT_INO, STATS_INO, STA
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+// tokio's clock: the real one, which tests can pause and move (metadata TTL, retry window).
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::cache::{Cache, ObjectHandle};
@@ -262,6 +264,54 @@ mod tests {
             },
             cache,
         )
+    }
+
+    /// A listing is trusted for the metadata TTL, then asked for again; on a paused
+    /// clock moved by hand, not wall-clock windows.
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_is_trusted_for_the_metadata_ttl_then_listed_again() {
+        let store = Arc::new(MemoryStore::new());
+        store.put("bkt", "a", "1");
+        let fs = fs_over(store.clone());
+        fs.lookup(ROOT_INO, "a").await.expect("listed");
+        store.put("bkt", "b", "2");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(
+            matches!(fs.lookup(ROOT_INO, "b").await, Err(FsError::NotFound)),
+            "within the TTL the listing stands"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        fs.lookup(ROOT_INO, "b")
+            .await
+            .expect("listed again after the TTL");
+    }
+
+    /// An open of an inode whose object has a newer version answers ESTALE once; the
+    /// kernel's retry coming back to the same inode within the retry window opens it,
+    /// and after the window it is refused again.
+    #[tokio::test(start_paused = true)]
+    async fn estale_once_then_the_retry_to_the_same_inode_opens_it() {
+        let store = Arc::new(MemoryStore::new());
+        store.put("bkt", "obj", "v1");
+        let fs = Arc::new(fs_over(store.clone()));
+        let old = fs.lookup(ROOT_INO, "obj").await.expect("lookup").ino;
+        store.put("bkt", "obj", "v2!");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let new = fs.lookup(ROOT_INO, "obj").await.expect("lookup").ino;
+        assert_ne!(old, new, "a new version is a new inode");
+        assert!(matches!(
+            fs.open(old, false, false).await,
+            Err(FsError::Stale)
+        ));
+        let opened = fs.open(old, false, false).await.expect("the retry opens");
+        let got = fs.read(opened.fh, 0, 100).await.expect("read");
+        assert_eq!(&got[..], b"v2!", "at the current version");
+        fs.release(opened.fh);
+        tokio::time::advance(RETRY_WINDOW * 2).await;
+        assert!(matches!(
+            fs.open(old, false, false).await,
+            Err(FsError::Stale)
+        ));
     }
 
     #[tokio::test]

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::inode::{Node, NodeData};
