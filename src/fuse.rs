@@ -509,21 +509,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Report the cache: `df` on the mount shows how full it is.
-        let s = self.fs.cache().stats();
-        let bsize: u64 = 4096;
-        let blocks = s.max_size / bsize;
-        let free = s.max_size.saturating_sub(s.total_size) / bsize;
-        let ffree = s.max_entries.saturating_sub(s.entry_count);
+        let s = self.fs.statfs();
         reply.statfs(
-            blocks,
-            free,
-            free,
-            s.max_entries,
-            ffree,
-            bsize as u32,
-            255,
-            bsize as u32,
+            s.blocks,
+            s.blocks_free,
+            s.blocks_free,
+            s.files,
+            s.files_free,
+            s.block_size,
+            s.name_max,
+            s.block_size,
         );
     }
 

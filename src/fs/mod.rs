@@ -15,7 +15,9 @@ mod readahead;
 mod types;
 
 pub use error::FsError;
-pub use types::{Attr, DirEntry, FsConfig, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source};
+pub use types::{
+    Attr, DirEntry, FsConfig, FsStats, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -134,6 +136,20 @@ impl S3Fs {
 
     /// The `.cache-stats` document, made fresh: the cache's counters, then the inodes the
     /// mount holds.
+    /// The cache's size and entry limits as a filesystem's blocks and inodes.
+    pub fn statfs(&self) -> FsStats {
+        const BLOCK: u64 = 4096;
+        let s = self.cache.stats();
+        FsStats {
+            block_size: BLOCK as u32,
+            blocks: s.max_size / BLOCK,
+            blocks_free: s.max_size.saturating_sub(s.total_size) / BLOCK,
+            files: s.max_entries,
+            files_free: s.max_entries.saturating_sub(s.entry_count),
+            name_max: 255,
+        }
+    }
+
     pub fn stats_json(&self) -> Bytes {
         #[derive(serde::Serialize)]
         struct Doc {

@@ -69,3 +69,14 @@ pub enum Source {
     /// One bucket, or a prefix of it (always ending in `/` when not empty).
     Bucket { bucket: String, prefix: String },
 }
+
+/// What `statfs` reports: the cache, so `df` on the mount shows how full it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
