@@ -6,10 +6,12 @@
 //! Dependencies point down this list, never up:
 //!
 //! - `main.rs` / [`cli`]: flags and environment, validated into a [`config::Config`];
-//!   logging; running in the background. `anyhow` lives only in `main.rs`.
+//!   logging. `anyhow` lives only in `main.rs`.
 //! - [`fstab`]: `/etc/fstab` lines: a mount.fuse3 call turned into `s3cachefs mount` flags.
 //! - [`admin`]: the operating commands `stats`, `clear` and `warm`, on a live mount or on an
 //!   unmounted cache directory, and `unmount`, which waits for the mount's process.
+//! - [`daemon`]: a background mount: the detached child and the pipe that says when it
+//!   is live.
 //! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
 //!   control socket, periodic summaries in the log).
 //! - [`config`]: the validated settings of a whole mount, made of the lower layers' own
@@ -37,6 +39,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod fs;
 pub mod fstab;
 pub mod fuse;

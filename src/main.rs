@@ -1,11 +1,7 @@
 //! The `s3cachefs` command: parse, set up logging, hand over to the library.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command as Process, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
@@ -14,11 +10,8 @@ use tracing_subscriber::EnvFilter;
 use s3cachefs::admin::{clear, stats, warm};
 use s3cachefs::cli::{Cli, Command};
 use s3cachefs::config::Config;
+use s3cachefs::daemon;
 use s3cachefs::fstab;
-
-/// Set in the background child: the fd to report readiness on.
-const READY_FD_ENV: &str = "S3CACHEFS_READY_FD";
-const READY_FD: RawFd = 3;
 
 fn main() -> ExitCode {
     let line = match command_line() {
@@ -224,98 +217,9 @@ fn init_logging(verbosity: u8, mount: bool) {
 /// one), for the background child to run again in the foreground.
 fn mount(cfg: Config, args: &[OsString]) -> Result<()> {
     if !cfg.mount.foreground {
-        return spawn_background(&cfg, args);
+        return Ok(daemon::spawn_background(&cfg, args)?);
     }
-    // In the background child, readiness goes back to the waiting parent on fd 3.
-    let mut ready_pipe = std::env::var(READY_FD_ENV)
-        .ok()
-        .map(|_| unsafe { std::fs::File::from_raw_fd(READY_FD) });
-    s3cachefs::mount::run(cfg, |r| {
-        if let Some(mut p) = ready_pipe.take() {
-            let msg = match &r {
-                Ok(()) => "READY\n".to_string(),
-                Err(e) => format!("ERROR {e}\n"),
-            };
-            let _ = p.write_all(msg.as_bytes());
-        }
-    })?;
+    let mut ready = daemon::Readiness::from_env();
+    s3cachefs::mount::run(cfg, |r| ready.report(&r))?;
     Ok(())
-}
-
-/// Runs the mount in a detached child and waits until it is live (or has failed).
-fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<()> {
-    let log = match &cfg.mount.log_file {
-        Some(l) => {
-            if let Some(dir) = l.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            l.clone()
-        }
-        None => {
-            // The log goes in the cache directory: only once it is known to be ours.
-            s3cachefs::cache::check_dir(&cfg.cache.dir)?;
-            default_log(cfg)
-        }
-    };
-    let log_file = s3cachefs::cache::open_private_append(&log)
-        .with_context(|| format!("opening log file {}", log.display()))?;
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a pipe");
-    }
-    // SAFETY: pipe2 just returned these fds; each is owned once.
-    let mut read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
-    // The child logs it too, but only to its log file: looked at before the mount covers
-    // the directory, said here once the mount is up.
-    let hidden = s3cachefs::mount::hidden_by_mount(&cfg.mount.mountpoint);
-    let write_end = fds[1];
-    let exe = std::env::current_exe().context("finding the s3cachefs binary")?;
-    let mut args = args.to_vec();
-    args.push("--foreground".into());
-    let mut child = Process::new(exe);
-    child
-        .args(args)
-        .env(READY_FD_ENV, READY_FD.to_string())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        child.pre_exec(move || {
-            if libc::dup2(write_end, READY_FD) < 0 || libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = child.spawn().context("starting the background mount");
-    // SAFETY: the parent's copy of the write end is ours to close.
-    unsafe { libc::close(write_end) };
-    let mut child = spawned?;
-    let mut said = String::new();
-    let _ = read_end.read_to_string(&mut said);
-    let mp = cfg.mount.mountpoint.display();
-    if said.starts_with("READY") {
-        println!("s3cachefs: mounted at {mp} (logs: {})", log.display());
-        if let Some(hidden) = hidden {
-            eprintln!("s3cachefs: warning: {hidden}");
-        }
-        return Ok(());
-    }
-    if let Some(msg) = said.strip_prefix("ERROR ") {
-        let _ = child.wait();
-        anyhow::bail!("{}", msg.trim_end());
-    }
-    let status = child.wait()?;
-    anyhow::bail!(
-        "the background mount at {mp} exited ({status}) before it was ready; see {}",
-        log.display()
-    )
-}
-
-fn default_log(cfg: &Config) -> PathBuf {
-    let dir: &Path = &cfg.cache.dir;
-    dir.join("s3cachefs.log")
 }
