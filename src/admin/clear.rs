@@ -2,18 +2,14 @@
 //! socket (a second process cannot open a cache a mount holds, and the mount's open
 //! handles must keep reading); an unmounted cache directory is opened and cleared here.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-use async_trait::async_trait;
 
 use super::{AdminError, Limits, cache_config, count, locate};
 use crate::cache::inspect::InspectError;
 use crate::cache::{Cache, CacheError, LayoutError, SystemClock};
 use crate::control::{ControlError, Request, Response};
-use crate::store::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
 pub enum ClearTarget {
@@ -128,7 +124,13 @@ async fn clear_directly(dir: &Path) -> Result<Cleared, AdminError> {
         Duration::from_secs(u32::MAX as u64),
         "default".into(),
     );
-    let cache = Cache::open(cfg, Arc::new(NoStore), Arc::new(SystemClock)).map_err(|e| match e {
+    // Clearing never talks to S3; a cache still needs a store to open.
+    let cache = Cache::open(
+        cfg,
+        Arc::new(crate::store::NoStore::new("clearing a cache")),
+        Arc::new(SystemClock),
+    )
+    .map_err(|e| match e {
         CacheError::Layout(LayoutError::Locked { dir, holder }) => AdminError::NotAMount(format!(
             "cache directory {} is in use by a running s3cachefs mount{holder} that does not \
              answer on its control socket; run `s3cachefs clear MOUNTPOINT`",
@@ -150,36 +152,4 @@ async fn clear_directly(dir: &Path) -> Result<Cleared, AdminError> {
             cache_dir: dir.to_path_buf(),
         },
     })
-}
-
-/// Clearing never talks to S3; a cache still needs a store to open.
-struct NoStore;
-
-fn no_store<T>() -> StoreResult<T> {
-    Err(StoreError::Other("clearing a cache does not use S3".into()))
-}
-
-#[async_trait]
-impl ObjectStore for NoStore {
-    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
-        no_store()
-    }
-    async fn head_bucket(&self, _: &str) -> StoreResult<()> {
-        no_store()
-    }
-    async fn list(&self, _: &str, _: &str, _: Option<&str>) -> StoreResult<Listing> {
-        no_store()
-    }
-    async fn head(&self, _: &str, _: &str) -> StoreResult<ObjectMeta> {
-        no_store()
-    }
-    async fn get_range(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<Range<u64>>,
-        _: Option<&str>,
-    ) -> StoreResult<GetObject> {
-        no_store()
-    }
 }

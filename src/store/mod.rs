@@ -4,9 +4,11 @@
 
 mod breaker;
 mod memory;
+mod none;
 mod s3;
 
 pub use memory::MemoryStore;
+pub use none::NoStore;
 pub use s3::{S3Options, S3Store};
 
 use std::ops::Range;
