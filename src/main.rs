@@ -44,58 +44,13 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     init_logging(verbosity, matches!(cli.command, Command::Mount(_)));
+    let sub = sub_matches(&matches);
     match cli.command {
-        Command::Mount(args) => {
-            let sub = matches
-                .subcommand()
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
-            let cfg = match args.to_config(&sub, from_fstab) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("s3cachefs: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match mount(cfg, &argv[1..]) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("s3cachefs: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Unmount(a) => {
-            let mut lingering = None;
-            let done = admin(async {
-                lingering = s3cachefs::admin::unmount::run(&a.mountpoint).await?;
-                Ok(())
-            });
-            match done {
-                Ok(()) => {
-                    if let Some(pid) = lingering {
-                        eprintln!(
-                            "s3cachefs: {} is unmounted, but its process {pid} is still \
-                             closing the cache; a new mount on that cache directory fails until \
-                             it exits",
-                            a.mountpoint.display()
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                // Every error of unmount names the mountpoint.
-                Err(e) => {
-                    eprintln!("s3cachefs: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Stats(a) => {
-            let target = match a.to_target(sub_matches(&matches)) {
-                Ok(t) => t,
-                Err(e) => return config_error(e),
-            };
-            finish(admin(async move {
+        Command::Mount(args) => run_mount(args, sub, from_fstab, &argv),
+        Command::Unmount(a) => run_unmount(&a.mountpoint),
+        Command::Stats(a) => match a.to_target(sub) {
+            Err(e) => config_error(e),
+            Ok(target) => finish(admin(async move {
                 let report = stats::collect(&target).await?;
                 if a.json {
                     print!("{}", report.json);
@@ -103,31 +58,72 @@ fn main() -> ExitCode {
                     print!("{}", stats::render(&report));
                 }
                 Ok(())
-            }))
-        }
-        Command::Clear(a) => {
-            let target = match a.to_target(sub_matches(&matches)) {
-                Ok(t) => t,
-                Err(e) => return config_error(e),
-            };
-            finish(admin(async move {
+            })),
+        },
+        Command::Clear(a) => match a.to_target(sub) {
+            Err(e) => config_error(e),
+            Ok(target) => finish(admin(async move {
                 println!("s3cachefs: {}", clear::clear(&target).await?);
                 Ok(())
-            }))
-        }
-        Command::Warm(a) => {
-            let settings = match a.to_settings(sub_matches(&matches)) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
-            };
-            finish(admin(async move {
+            })),
+        },
+        Command::Warm(a) => match a.to_settings(sub) {
+            Err(e) => config_error(e),
+            Ok(settings) => finish(admin(async move {
                 let report = warm::run(&settings).await;
                 print!("{report}");
                 match report.failures() {
                     None => Ok(()),
                     Some(what) => anyhow::bail!("{what}"),
                 }
-            }))
+            })),
+        },
+    }
+}
+
+fn run_mount(
+    args: Box<s3cachefs::cli::MountArgs>,
+    sub: &clap::ArgMatches,
+    from_fstab: bool,
+    argv: &[OsString],
+) -> ExitCode {
+    let cfg = match args.to_config(sub, from_fstab) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("s3cachefs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match mount(cfg, &argv[1..]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("s3cachefs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_unmount(mountpoint: &std::path::Path) -> ExitCode {
+    let mut lingering = None;
+    let done = admin(async {
+        lingering = s3cachefs::admin::unmount::run(mountpoint).await?;
+        Ok(())
+    });
+    match done {
+        Ok(()) => {
+            if let Some(pid) = lingering {
+                eprintln!(
+                    "s3cachefs: {} is unmounted, but its process {pid} is still closing the \
+                     cache; a new mount on that cache directory fails until it exits",
+                    mountpoint.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        // Every error of unmount names the mountpoint.
+        Err(e) => {
+            eprintln!("s3cachefs: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
