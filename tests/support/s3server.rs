@@ -578,26 +578,31 @@ async fn url_encode_listing(resp: Response<s3s::Body>) -> Response<s3s::Body> {
         return error_response(500, "InternalError");
     };
     let xml = String::from_utf8_lossy(&xml).into_owned();
+    let tags: Vec<(String, String)> = ["Key", "Prefix", "StartAfter", "Delimiter"]
+        .iter()
+        .map(|t| (format!("<{t}>"), format!("</{t}>")))
+        .collect();
     let mut out = String::with_capacity(xml.len());
     let mut rest = xml.as_str();
-    'outer: while !rest.is_empty() {
-        for tag in ["Key", "Prefix", "StartAfter", "Delimiter"] {
-            let open = format!("<{tag}>");
-            let close = format!("</{tag}>");
+    // From one '<' to the next: only elements are looked at, in one pass.
+    'outer: while let Some(lt) = rest.find('<') {
+        out.push_str(&rest[..lt]);
+        rest = &rest[lt..];
+        for (open, close) in &tags {
             if let Some(after) = rest.strip_prefix(open.as_str())
                 && let Some(end) = after.find(close.as_str())
             {
-                out.push_str(&open);
+                out.push_str(open);
                 out.push_str(&s3_url_encode(&xml_unescape(&after[..end])));
-                out.push_str(&close);
+                out.push_str(close);
                 rest = &after[end + close.len()..];
                 continue 'outer;
             }
         }
-        let c = rest.chars().next().unwrap_or(' ');
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
+        out.push('<');
+        rest = &rest[1..];
     }
+    out.push_str(rest);
     parts.headers.remove("content-length");
     Response::from_parts(parts, s3s::Body::from(out))
 }
