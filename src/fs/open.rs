@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::inode::{Node, NodeData};
 use super::{FsError, Kind, OpenFile, Opened, RETRY_WINDOW, S3Fs, STATS_INO};
-use crate::cache::Outcome;
+use crate::cache::{ObjectHandle, Outcome};
 use crate::store::{ObjectMeta, StoreError};
 
 impl S3Fs {
@@ -38,61 +38,9 @@ impl S3Fs {
             });
         }
         let started = Instant::now();
-        let (bucket, key, known, pinned) = {
-            let inodes = self.inodes.lock();
-            let node = inodes.get(ino).ok_or(FsError::NotFound)?;
-            // The name stands for a newer version now. ESTALE makes the kernel look the
-            // path up again (LOOKUP_REVAL) and retry the open once, on the new inode;
-            // an inode the retry cannot get away from is "pinned" (see `refuse_stale`).
-            let pinned = if inodes.is_current(ino) {
-                false
-            } else if self.refuse_stale(ino) {
-                return Err(FsError::Stale);
-            } else {
-                true
-            };
-            match &node.data {
-                NodeData::Dir { .. } => return Err(FsError::IsADirectory),
-                NodeData::File {
-                    bucket,
-                    key,
-                    meta,
-                    learned,
-                    ..
-                } => {
-                    let known = (meta.etag.is_some() && self.fresh(*learned) && !pinned)
-                        .then(|| meta.clone());
-                    (bucket.clone(), key.clone(), known, pinned)
-                }
-            }
-        };
+        let (bucket, key, known, pinned) = self.what_to_open(ino)?;
         let known_etag = known.as_ref().and_then(|m| m.etag.clone());
-        let opening = async {
-            if direct {
-                self.cache.open_uncached(&bucket, &key).await
-            } else {
-                self.cache.open_object(&bucket, &key, known).await
-            }
-        };
-        // However many requests the open takes (a HEAD, the first part), it answers
-        // within the read timeout.
-        let within = self.cache.config().read_timeout;
-        let handle = match tokio::time::timeout(within, opening).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                let err = FsError::from_cache(&e);
-                if matches!(err, FsError::NotFound) {
-                    self.inodes.lock().forget_listing_of(ino);
-                } else if !matches!(e.store_error(), Some(StoreError::Unavailable(_))) {
-                    warn!(url = %crate::cache::s3_url(&bucket, &key), error = %e, "open failed");
-                }
-                return Err(self.counted(err));
-            }
-            Err(_) => {
-                warn!(url = %crate::cache::s3_url(&bucket, &key), "open failed: no answer from S3 within the read timeout");
-                return Err(self.counted(FsError::Io("no answer from S3 in time".into())));
-            }
-        };
+        let handle = self.open_handle(ino, &bucket, &key, known, direct).await?;
         debug!(url = %crate::cache::s3_url(&bucket, &key), outcome = ?handle.outcome, "opened");
         // S3 said which version this is, unless the open trusted what was known and got
         // just that, or could not ask (a transient failure served the cached copy).
@@ -123,6 +71,76 @@ impl S3Fs {
             self.read_ahead_after(ino);
         }
         Ok(opened)
+    }
+
+    /// The object behind `ino`: its bucket and key, what is known of its version if it
+    /// can be trusted, and whether the inode is "pinned" (see `refuse_stale`).
+    fn what_to_open(
+        &self,
+        ino: u64,
+    ) -> Result<(String, String, Option<ObjectMeta>, bool), FsError> {
+        let inodes = self.inodes.lock();
+        let node = inodes.get(ino).ok_or(FsError::NotFound)?;
+        // The name stands for a newer version now. ESTALE makes the kernel look the
+        // path up again (LOOKUP_REVAL) and retry the open once, on the new inode;
+        // an inode the retry cannot get away from is "pinned" (see `refuse_stale`).
+        let pinned = if inodes.is_current(ino) {
+            false
+        } else if self.refuse_stale(ino) {
+            return Err(FsError::Stale);
+        } else {
+            true
+        };
+        match &node.data {
+            NodeData::Dir { .. } => Err(FsError::IsADirectory),
+            NodeData::File {
+                bucket,
+                key,
+                meta,
+                learned,
+                ..
+            } => {
+                let known =
+                    (meta.etag.is_some() && self.fresh(*learned) && !pinned).then(|| meta.clone());
+                Ok((bucket.clone(), key.clone(), known, pinned))
+            }
+        }
+    }
+
+    /// Opens the object through the cache (or straight from S3 for `O_DIRECT`), within
+    /// the read timeout however many requests that takes (a HEAD, the first part).
+    async fn open_handle(
+        &self,
+        ino: u64,
+        bucket: &str,
+        key: &str,
+        known: Option<ObjectMeta>,
+        direct: bool,
+    ) -> Result<ObjectHandle, FsError> {
+        let opening = async {
+            if direct {
+                self.cache.open_uncached(bucket, key).await
+            } else {
+                self.cache.open_object(bucket, key, known).await
+            }
+        };
+        let within = self.cache.config().read_timeout;
+        match tokio::time::timeout(within, opening).await {
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(e)) => {
+                let err = FsError::from_cache(&e);
+                if matches!(err, FsError::NotFound) {
+                    self.inodes.lock().forget_listing_of(ino);
+                } else if !matches!(e.store_error(), Some(StoreError::Unavailable(_))) {
+                    warn!(url = %crate::cache::s3_url(bucket, key), error = %e, "open failed");
+                }
+                Err(self.counted(err))
+            }
+            Err(_) => {
+                warn!(url = %crate::cache::s3_url(bucket, key), "open failed: no answer from S3 within the read timeout");
+                Err(self.counted(FsError::Io("no answer from S3 in time".into())))
+            }
+        }
     }
 
     /// Records that an open of `ino` is answered ESTALE, and returns true; but returns
