@@ -658,11 +658,15 @@ impl MountArgs {
             m,
             fstab: from_fstab,
         };
-        let source = match &self.bucket {
-            Some(b) => config::parse_source(&raw.origin("bucket", "S3CACHEFS_BUCKET"), b)?,
-            None => Source::AllBuckets,
-        };
         let s3 = self.s3.to_s3_options(&raw)?;
+        Ok(Config {
+            mount: self.mount_settings(&raw)?,
+            cache: self.cache_config(&raw, &s3)?,
+            s3,
+        })
+    }
+
+    fn cache_config(&self, raw: &Raw, s3: &S3Options) -> Result<CacheConfig, ConfigError> {
         let enabled = raw.bool_unless_off(
             &self.cache_enabled,
             ("cache_enabled", "CACHE_ENABLED"),
@@ -670,7 +674,7 @@ impl MountArgs {
             "no_cache",
         )?;
         let (max_size, max_entries) =
-            parse_limits(&raw, &self.cache_max_size_mb, &self.cache_max_entries)?;
+            parse_limits(raw, &self.cache_max_size_mb, &self.cache_max_entries)?;
         let ttl_hours = raw.f64_in(
             &self.cache_ttl_hours,
             ("cache_ttl_hours", "CACHE_TTL_HOURS"),
@@ -705,6 +709,30 @@ impl MountArgs {
             self.no_validate_etag,
             "no_validate_etag",
         )?;
+        let cache_dir = match &self.cache_dir {
+            Some(d) => config::absolute(d),
+            None => config::default_cache_dir()?,
+        };
+        Ok(CacheConfig {
+            enabled,
+            dir: cache_dir,
+            max_size,
+            max_entries,
+            ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
+            validate_etag,
+            profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
+            sweep_interval: Duration::from_secs(60),
+            part_size: part_size_mb << 20,
+            fill_concurrency,
+            read_timeout: Duration::from_secs_f64(read_timeout),
+        })
+    }
+
+    fn mount_settings(&self, raw: &Raw) -> Result<MountSettings, ConfigError> {
+        let source = match &self.bucket {
+            Some(b) => config::parse_source(&raw.origin("bucket", "S3CACHEFS_BUCKET"), b)?,
+            None => Source::AllBuckets,
+        };
         let metadata_ttl = raw.f64_in(
             &self.metadata_ttl,
             ("metadata_ttl", "S3CACHEFS_METADATA_TTL"),
@@ -741,40 +769,20 @@ impl MountArgs {
             ("passthrough", "S3CACHEFS_PASSTHROUGH"),
             true,
         )?;
-        let cache_dir = match &self.cache_dir {
-            Some(d) => config::absolute(d),
-            None => config::default_cache_dir()?,
-        };
-        Ok(Config {
-            mount: MountSettings {
-                mountpoint: config::absolute(&self.mountpoint),
-                source,
-                metadata_ttl: Duration::from_secs_f64(metadata_ttl),
-                allow_other: self.allow_other,
-                foreground: self.foreground,
-                uid,
-                gid,
-                file_mode,
-                dir_mode,
-                fuse_threads,
-                readahead_files,
-                passthrough,
-                log_file: self.log_file.as_deref().map(config::absolute),
-            },
-            cache: CacheConfig {
-                enabled,
-                dir: cache_dir,
-                max_size,
-                max_entries,
-                ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
-                validate_etag,
-                profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
-                sweep_interval: Duration::from_secs(60),
-                part_size: part_size_mb << 20,
-                fill_concurrency,
-                read_timeout: Duration::from_secs_f64(read_timeout),
-            },
-            s3,
+        Ok(MountSettings {
+            mountpoint: config::absolute(&self.mountpoint),
+            source,
+            metadata_ttl: Duration::from_secs_f64(metadata_ttl),
+            allow_other: self.allow_other,
+            foreground: self.foreground,
+            uid,
+            gid,
+            file_mode,
+            dir_mode,
+            fuse_threads,
+            readahead_files,
+            passthrough,
+            log_file: self.log_file.as_deref().map(config::absolute),
         })
     }
 }
