@@ -13,7 +13,8 @@
 //! - [`daemon`]: a background mount: the detached child and the pipe that says when it
 //!   is live.
 //! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
-//!   control socket, periodic summaries in the log).
+//!   control socket, periodic summaries in the log); [`mount::serve`] takes the store
+//!   and the shutdown from its caller, so tests mount in-process over a `MemoryStore`.
 //! - [`config`]: the validated settings of a whole mount, made of the lower layers' own
 //!   settings ([`cache::CacheConfig`], [`store::S3Options`], [`fs::Source`],
 //!   [`fuse::FuseOptions`]).

@@ -107,20 +107,68 @@ fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
 /// Mounts according to `cfg` and serves until unmounted or SIGINT/SIGTERM. `ready` is
 /// called once: with `Ok` when the mount is live, or with the error that stopped it.
 pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+    // No wait on S3 may outlast the read timeout, whatever the retry settings.
+    let s3 = S3Options {
+        request_timeout: cfg.cache.read_timeout,
+        ..cfg.s3.clone()
+    };
+    let store = |_: &tokio::runtime::Runtime| async move {
+        Arc::new(S3Store::new(&s3).await) as Arc<dyn ObjectStore>
+    };
+    serve(cfg, store, signalled(), ready)
+}
+
+/// [`run`] with the store and the end given: the store is made on the mount's runtime
+/// by `store`, and the mount is taken down when `shutdown` completes (or when it is
+/// unmounted). Tests mount in-process over a [`crate::store::MemoryStore`] this way.
+pub fn serve<S, F>(
+    cfg: Config,
+    store: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(Result<(), String>),
+) -> Result<(), MountError>
+where
+    S: FnOnce(&tokio::runtime::Runtime) -> F,
+    F: std::future::Future<Output = Arc<dyn ObjectStore>>,
+{
     let mut ready = Some(ready);
     let mut tell = |r: Result<(), String>| {
         if let Some(f) = ready.take() {
             f(r);
         }
     };
-    let result = run_inner(cfg, &mut tell);
+    let result = serve_inner(cfg, store, shutdown, &mut tell);
     if let Err(e) = &result {
         tell(Err(e.to_string()));
     }
     result
 }
 
-fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(), MountError> {
+/// Completes on SIGINT or SIGTERM.
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: unmounting"),
+        _ = term.recv() => info!("SIGTERM: unmounting"),
+    }
+}
+
+fn serve_inner<S, F>(
+    cfg: Config,
+    store: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    tell: &mut impl FnMut(Result<(), String>),
+) -> Result<(), MountError>
+where
+    S: FnOnce(&tokio::runtime::Runtime) -> F,
+    F: std::future::Future<Output = Arc<dyn ObjectStore>>,
+{
     check_mountpoint(&cfg.mount.mountpoint)?;
     if let Some(hidden) = hidden_by_mount(&cfg.mount.mountpoint) {
         warn!("{hidden}");
@@ -130,7 +178,8 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
         .thread_name("s3cachefs")
         .build()
         .map_err(MountError::Runtime)?;
-    let (fs, cache) = rt.block_on(prepare(&cfg))?;
+    let store = rt.block_on(store(&rt));
+    let (fs, cache) = rt.block_on(prepare(&cfg, store))?;
     let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
     rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
@@ -142,18 +191,7 @@ fn run_inner(cfg: Config, tell: &mut impl FnMut(Result<(), String>)) -> Result<(
         })?;
     let mut unmounter = mounted.unmounter();
     rt.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("SIGINT: unmounting"),
-            _ = term.recv() => info!("SIGTERM: unmounting"),
-        }
+        shutdown.await;
         if let Err(e) = unmounter.unmount() {
             warn!(error = %e, "unmount failed");
         }
@@ -240,7 +278,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Checks that the credentials reach what is to be mounted, within [`START_TIMEOUT`]
 /// whatever the retry settings.
-async fn check_access(store: &S3Store, cfg: &Config) -> Result<(), MountError> {
+async fn check_access(store: &dyn ObjectStore, cfg: &Config) -> Result<(), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
     let (what, asked) = match &cfg.mount.source {
         Source::AllBuckets => (
@@ -265,15 +303,12 @@ async fn check_access(store: &S3Store, cfg: &Config) -> Result<(), MountError> {
     }
 }
 
-async fn prepare(cfg: &Config) -> Result<(Arc<S3Fs>, Cache), MountError> {
-    // No wait on S3 may outlast the read timeout, whatever the retry settings.
-    let s3 = S3Options {
-        request_timeout: cfg.cache.read_timeout,
-        ..cfg.s3.clone()
-    };
-    let store = Arc::new(S3Store::new(&s3).await);
+async fn prepare(
+    cfg: &Config,
+    store: Arc<dyn ObjectStore>,
+) -> Result<(Arc<S3Fs>, Cache), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
-    check_access(&store, cfg).await?;
+    check_access(store.as_ref(), cfg).await?;
     let cache = Cache::open(cfg.cache.clone(), store, Arc::new(SystemClock))?;
     let c = &cfg.cache;
     info!(

@@ -8,6 +8,7 @@ mod cache_engine;
 mod common;
 mod faults;
 mod index_model;
+mod inprocess;
 mod mount;
 mod offline;
 mod ops;
