@@ -790,6 +790,100 @@ impl MountArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults `--help` states are the ones a mount gets. (Runs where none of these
+    /// variables is set, as the test environment is.)
+    #[test]
+    fn help_defaults_are_the_real_defaults() {
+        let cfg = parse(&["s3cachefs", "mount", "/mnt"]).expect("defaults parse");
+        let actual: Vec<(&str, f64)> = vec![
+            ("max-attempts", cfg.s3.max_attempts as f64),
+            ("cache-max-size-mb", (cfg.cache.max_size >> 20) as f64),
+            ("cache-max-entries", cfg.cache.max_entries as f64),
+            ("cache-ttl-hours", cfg.cache.ttl.as_secs_f64() / 3600.0),
+            ("part-size-mb", (cfg.cache.part_size >> 20) as f64),
+            ("fill-concurrency", cfg.cache.fill_concurrency as f64),
+            ("read-timeout", cfg.cache.read_timeout.as_secs_f64()),
+            ("readahead-files", cfg.mount.readahead_files as f64),
+            ("metadata-ttl", cfg.mount.metadata_ttl.as_secs_f64()),
+            ("fuse-threads", cfg.mount.fuse_threads as f64),
+        ];
+        let cli = Cli::command();
+        let mount = cli.find_subcommand("mount").expect("mount subcommand");
+        for (long, value) in actual {
+            let arg = mount
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("no --{long}"));
+            if arg.get_env().is_some_and(|e| std::env::var_os(e).is_some()) {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let stated: f64 = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next())
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("--{long}: no [default: N] in {help:?}"));
+            assert_eq!(
+                stated, value,
+                "--{long}: help says {stated}, a mount gets {value}"
+            );
+        }
+        assert_eq!(cfg.mount.file_mode, 0o444);
+        assert_eq!(cfg.mount.dir_mode, 0o555);
+    }
+
+    /// The README's configuration table is the users' reference: every `mount` flag is
+    /// in it, on a row naming the flag's environment variable and, where `--help` gives
+    /// one, its default. (The fstab option list is checked the same way in fstab.rs.)
+    #[test]
+    fn the_readme_table_says_what_mount_help_says() {
+        let readme = include_str!("../README.md");
+        let table: Vec<&str> = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section")
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .collect();
+        let cli = Cli::command();
+        let mount = cli.find_subcommand("mount").expect("mount subcommand");
+        for arg in mount.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let flag = format!("`--{long}");
+            let row = table
+                .iter()
+                .find(|r| r.contains(&format!("{flag}`")) || r.contains(&format!("{flag} ")))
+                .unwrap_or_else(|| panic!("--{long} is not in the README's table"));
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                assert!(
+                    row.contains(&format!("`{env}`")),
+                    "--{long}: {env} not in {row}"
+                );
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if let Some(default) = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next())
+                .filter(|d| d.chars().all(|c| c.is_ascii_digit()))
+            {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                assert!(
+                    cells
+                        .get(3)
+                        .is_some_and(|c| c.split(", ").any(|v| v == default)),
+                    "--{long}: default {default} (from --help) is not the README's {row}"
+                );
+            }
+        }
+    }
     use clap::{CommandFactory, FromArgMatches};
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
