@@ -74,50 +74,10 @@ impl S3Fs {
         prefix: String,
     ) -> Result<Arc<Vec<DirEntry>>, StoreError> {
         let fetched_at = Instant::now();
-        let mut dirs: Vec<String> = Vec::new();
-        let mut files: Vec<(String, ObjectMeta)> = Vec::new();
-        match &bucket {
-            None => {
-                dirs = self.cache.store().list_buckets().await?;
-            }
-            Some(b) => {
-                let listing = self.cache.store().list(b, &prefix, Some("/")).await?;
-                for p in listing.prefixes {
-                    let name = p.strip_prefix(prefix.as_str()).unwrap_or(&p);
-                    let name = name.strip_suffix('/').unwrap_or(name);
-                    if self.valid_name(name, b, &p) {
-                        dirs.push(name.to_string());
-                    }
-                }
-                let dir_names: HashSet<&str> = dirs.iter().map(String::as_str).collect();
-                let mut taken = HashSet::new();
-                for o in listing.objects {
-                    let name = o.key.strip_prefix(prefix.as_str()).unwrap_or(&o.key);
-                    // "dir/" itself: a directory marker, not a file.
-                    if name.is_empty() {
-                        continue;
-                    }
-                    if !self.valid_name(name, b, &o.key) {
-                        continue;
-                    }
-                    if dir_names.contains(name) {
-                        self.warn_once(&o.key, || {
-                            warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden: a directory of the same name wins")
-                        });
-                        continue;
-                    }
-                    if bucket.is_some() && dir == ROOT_INO && name == STATS_NAME {
-                        self.warn_once(&o.key, || {
-                            warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden by the virtual .cache-stats file")
-                        });
-                        continue;
-                    }
-                    if taken.insert(name.to_string()) {
-                        files.push((name.to_string(), o));
-                    }
-                }
-            }
-        }
+        let (dirs, files) = match &bucket {
+            None => (self.cache.store().list_buckets().await?, Vec::new()),
+            Some(b) => self.names_under(dir, b, &prefix).await?,
+        };
         let entries = {
             let mut inodes = self.inodes.lock();
             // A listing started later may have landed first: it is the newer one.
@@ -152,6 +112,52 @@ impl S3Fs {
         };
         debug!(dir, entries = entries.len(), "listed directory");
         Ok(entries)
+    }
+
+    /// The subdirectories and files of `prefix` in `bucket`, as names: keys that cannot
+    /// be names skipped, an object hidden by a directory of its name (or, at the root,
+    /// by `.cache-stats`), each with one warning.
+    async fn names_under(
+        &self,
+        dir: u64,
+        b: &str,
+        prefix: &str,
+    ) -> Result<(Vec<String>, Vec<(String, ObjectMeta)>), StoreError> {
+        let listing = self.cache.store().list(b, prefix, Some("/")).await?;
+        let mut dirs = Vec::new();
+        for p in listing.prefixes {
+            let name = p.strip_prefix(prefix).unwrap_or(&p);
+            let name = name.strip_suffix('/').unwrap_or(name);
+            if self.valid_name(name, b, &p) {
+                dirs.push(name.to_string());
+            }
+        }
+        let dir_names: HashSet<&str> = dirs.iter().map(String::as_str).collect();
+        let mut taken = HashSet::new();
+        let mut files = Vec::new();
+        for o in listing.objects {
+            let name = o.key.strip_prefix(prefix).unwrap_or(&o.key);
+            // "dir/" itself: a directory marker, not a file.
+            if name.is_empty() || !self.valid_name(name, b, &o.key) {
+                continue;
+            }
+            if dir_names.contains(name) {
+                self.warn_once(&o.key, || {
+                    warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden: a directory of the same name wins")
+                });
+                continue;
+            }
+            if dir == ROOT_INO && name == STATS_NAME {
+                self.warn_once(&o.key, || {
+                    warn!(key = %crate::cache::s3_url(b, &o.key), "object hidden by the virtual .cache-stats file")
+                });
+                continue;
+            }
+            if taken.insert(name.to_string()) {
+                files.push((name.to_string(), o));
+            }
+        }
+        Ok((dirs, files))
     }
 
     pub(super) fn valid_name(&self, name: &str, bucket: &str, key: &str) -> bool {
