@@ -246,10 +246,20 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn fs_over(store: Arc<MemoryStore>) -> S3Fs {
+        fs_with(store, None, 0)
+    }
+
+    /// `cache_dir`: a cache on disk there (else the cache is off); `readahead`: files
+    /// fetched ahead.
+    fn fs_with(
+        store: Arc<MemoryStore>,
+        cache_dir: Option<&std::path::Path>,
+        readahead: usize,
+    ) -> S3Fs {
         let cache = Cache::open(
             CacheConfig {
-                enabled: false,
-                dir: "/nonexistent".into(),
+                enabled: cache_dir.is_some(),
+                dir: cache_dir.map_or("/nonexistent".into(), |d| d.to_path_buf()),
                 max_size: 1 << 20,
                 max_entries: 10,
                 ttl: Duration::from_secs(60),
@@ -275,11 +285,50 @@ mod tests {
                 gid: 0,
                 file_mode: 0o444,
                 dir_mode: 0o555,
-                readahead_files: 0,
-                readahead_max_size: 0,
+                readahead_files: readahead,
+                readahead_max_size: CacheConfig::DEFAULT_PART_SIZE,
             },
             cache,
         )
+    }
+
+    /// Two opens in a row of neighbouring files start downloads of the next ones, as
+    /// many as asked, and no further; a lone open starts none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn neighbouring_opens_fetch_the_next_files_ahead() {
+        let store = Arc::new(MemoryStore::new());
+        for i in 0..8 {
+            store.put("bkt", &format!("d/f{i}"), format!("file {i}"));
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fs = Arc::new(fs_with(store, Some(&tmp.path().join("cache")), 2));
+        let d = fs.lookup(ROOT_INO, "d").await.expect("d").ino;
+        let ino = |name: &'static str| {
+            let fs = fs.clone();
+            async move { fs.lookup(d, name).await.expect("lookup").ino }
+        };
+        let first = fs.open(ino("f0").await, false, false).await.expect("open");
+        fs.cache().wait_for_downloads().await;
+        assert!(
+            !fs.cache().contains("bkt", "d/f1"),
+            "one open is no pattern"
+        );
+        let second = fs.open(ino("f1").await, false, false).await.expect("open");
+        // The read-ahead runs in tasks of its own: wait for what it fetched.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(fs.cache().contains("bkt", "d/f2") && fs.cache().contains("bkt", "d/f3")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "f2 and f3 fetched ahead"
+            );
+            fs.cache().wait_for_downloads().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fs.cache().wait_for_downloads().await;
+        assert!(!fs.cache().contains("bkt", "d/f4"), "only as many as asked");
+        assert_eq!(fs.cache().stats().prefetches, 2);
+        fs.release(first.fh);
+        fs.release(second.fh);
     }
 
     /// A listing is trusted for the metadata TTL, then asked for again; on a paused
