@@ -122,99 +122,139 @@ fn percent(part: u64, whole: u64) -> String {
 /// and bytes saved (read from the cache instead of S3).
 pub fn render(report: &Report) -> String {
     let d = &report.doc;
-    let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let mut out = String::new();
-    let mut line = |label: &str, value: String| {
-        out.push_str(&format!("  {label:<12} {value}\n"));
-    };
-    let head = match &report.origin {
+    let mut out = Lines::default();
+    match &report.origin {
         Origin::Mount { mountpoint } => {
-            let head = format!(
-                "s3cachefs mount at {} (up {})\n",
+            out.head(format!(
+                "s3cachefs mount at {} (up {})",
                 mountpoint.display(),
-                human_duration(n("uptime_seconds"))
-            );
+                human_duration(num(d, "uptime_seconds"))
+            ));
+            if num(d, "s3_unreachable") > 0 {
+                out.line(
+                    "S3",
+                    "unreachable: cached files and listed directories are served, other \
+                     reads fail at once; checked again every 2 s"
+                        .into(),
+                );
+            }
             // No sizes, limits or hit rate: with nothing kept they would all read zero.
             if locate::cache_off(d) {
-                line(
+                out.line(
                     "cache",
                     "off: every read goes straight to S3 and nothing is kept \
                      (--no-cache or CACHE_ENABLED=false)"
                         .into(),
                 );
-                line("from S3", human_bytes(n("bytes_from_s3")));
-                if n("errors") > 0 {
-                    line("errors", n("errors").to_string());
-                }
-                return format!("{head}{out}");
+                out.line("from S3", human_bytes(num(d, "bytes_from_s3")));
+                out.nonzero(d, "errors", "errors");
+                return out.text;
             }
-            head
+            out.hit_rate(d);
+            out.usage(d);
+            out.mount_counters(d);
         }
-        Origin::Dir { dir } => format!("s3cachefs cache at {} (not mounted)\n", dir.display()),
-    };
-    let (size, max_size, entries, max_entries) = (
-        n("total_size"),
-        n("max_size"),
-        n("entry_count"),
-        n("max_entries"),
-    );
-    if let Origin::Mount { .. } = report.origin {
-        let rate = d.get("hit_rate").and_then(Value::as_f64).unwrap_or(0.0);
-        line(
-            "hit rate",
-            format!(
-                "{:.1}% ({}, {})",
-                rate * 100.0,
-                count(n("hits"), "hit", "hits"),
-                count(n("misses"), "miss", "misses")
-            ),
-        );
-    }
-    line(
-        "size",
-        format!(
-            "{} of {}{}",
-            human_bytes(size),
-            human_bytes(max_size),
-            percent(size, max_size)
-        ),
-    );
-    line(
-        "entries",
-        format!(
-            "{entries} of {max_entries}{}",
-            percent(entries, max_entries)
-        ),
-    );
-    match report.origin {
-        Origin::Mount { .. } => {
-            line("evictions", n("evictions").to_string());
-            line(
-                "bytes saved",
-                format!(
-                    "{} read from the cache instead of S3 ({} from S3)",
-                    human_bytes(n("bytes_from_cache")),
-                    human_bytes(n("bytes_from_s3"))
-                ),
-            );
-            if n("errors") > 0 {
-                line("errors", n("errors").to_string());
-            }
-        }
-        Origin::Dir { .. } => {
-            out.push_str(
+        Origin::Dir { dir } => {
+            out.head(format!(
+                "s3cachefs cache at {} (not mounted)",
+                dir.display()
+            ));
+            out.usage(d);
+            out.text.push_str(
                 "  hit rate, evictions and bytes saved are counted by a running mount: \
                  `s3cachefs stats MOUNTPOINT`\n",
             );
             if d.get("clean_shutdown").and_then(Value::as_bool) == Some(false) {
-                out.push_str(
+                out.text.push_str(
                     "  the last mount did not shut down cleanly: the next one re-checks \
                      cached files before using them\n",
                 );
             }
         }
     }
-    format!("{head}{out}")
+    out.text
+}
+
+/// A counter of the document; a missing one reads 0 (a cache directory has none).
+fn num(d: &Value, k: &str) -> u64 {
+    d.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The summary being written: a heading, then `label  value` lines.
+#[derive(Default)]
+struct Lines {
+    text: String,
+}
+
+impl Lines {
+    fn head(&mut self, h: String) {
+        self.text.push_str(&h);
+        self.text.push('\n');
+    }
+
+    fn line(&mut self, label: &str, value: String) {
+        self.text.push_str(&format!("  {label:<12} {value}\n"));
+    }
+
+    /// A line only when the counter is not zero.
+    fn nonzero(&mut self, d: &Value, label: &str, k: &str) {
+        if num(d, k) > 0 {
+            self.line(label, num(d, k).to_string());
+        }
+    }
+
+    fn hit_rate(&mut self, d: &Value) {
+        let rate = d.get("hit_rate").and_then(Value::as_f64).unwrap_or(0.0);
+        self.line(
+            "hit rate",
+            format!(
+                "{:.1}% ({}, {})",
+                rate * 100.0,
+                count(num(d, "hits"), "hit", "hits"),
+                count(num(d, "misses"), "miss", "misses")
+            ),
+        );
+    }
+
+    /// Size and entries against their limits.
+    fn usage(&mut self, d: &Value) {
+        let (size, max_size) = (num(d, "total_size"), num(d, "max_size"));
+        let (entries, max_entries) = (num(d, "entry_count"), num(d, "max_entries"));
+        self.line(
+            "size",
+            format!(
+                "{} of {}{}",
+                human_bytes(size),
+                human_bytes(max_size),
+                percent(size, max_size)
+            ),
+        );
+        self.line(
+            "entries",
+            format!(
+                "{entries} of {max_entries}{}",
+                percent(entries, max_entries)
+            ),
+        );
+    }
+
+    fn mount_counters(&mut self, d: &Value) {
+        self.line("evictions", num(d, "evictions").to_string());
+        self.line(
+            "bytes saved",
+            format!(
+                "{} read from the cache instead of S3 ({} from S3)",
+                human_bytes(num(d, "bytes_from_cache")),
+                human_bytes(num(d, "bytes_from_s3"))
+            ),
+        );
+        // What needs attention, only when it happened.
+        self.nonzero(d, "not kept", "not_kept");
+        self.nonzero(d, "disk full", "disk_full_events");
+        self.nonzero(d, "corruptions", "corruptions");
+        self.nonzero(d, "stale served", "stale_served");
+        self.nonzero(d, "errors", "errors");
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +284,31 @@ mod tests {
         assert!(s.contains("evictions    2"), "{s}");
         assert!(s.contains("7.0 MiB read from the cache"), "{s}");
         assert!(!s.contains("errors"), "{s}");
+    }
+
+    #[test]
+    fn summary_says_when_s3_is_unreachable_and_what_went_wrong() {
+        let doc = json!({
+            "enabled": true, "hits": 1, "misses": 0, "hit_rate": 1.0,
+            "entry_count": 1, "total_size": 1024, "max_size": 500u64 << 20,
+            "max_entries": 200, "evictions": 0, "bytes_from_cache": 1024,
+            "bytes_from_s3": 0, "uptime_seconds": 5, "errors": 2, "s3_unreachable": 1,
+            "disk_full_events": 1, "corruptions": 0, "not_kept": 3, "stale_served": 4
+        });
+        let r = Report {
+            origin: Origin::Mount {
+                mountpoint: "/mnt/s3".into(),
+            },
+            json: pretty(&doc),
+            doc,
+        };
+        let s = render(&r);
+        assert!(s.contains("S3           unreachable"), "{s}");
+        assert!(s.contains("not kept     3"), "{s}");
+        assert!(s.contains("disk full    1"), "{s}");
+        assert!(s.contains("stale served 4"), "{s}");
+        assert!(s.contains("errors       2"), "{s}");
+        assert!(!s.contains("corruptions"), "{s}");
     }
 
     #[test]

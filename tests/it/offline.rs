@@ -100,6 +100,9 @@ fn with_s3_gone_cached_files_and_listings_keep_working_and_it_comes_back_by_itse
     assert_eq!(stat_u64(&m, "s3_unreachable"), 1, "{stats}");
     assert!(stat_u64(&m, "stale_served") >= 1, "{stats}");
     assert!(stat_u64(&m, "errors") >= 2, "{stats}");
+    let out = bin().arg("stats").arg(&m.path).output().expect("stats");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("S3           unreachable"), "{said}");
 
     // Back: new objects show up without a remount.
     env.server.restart().expect("restart");
