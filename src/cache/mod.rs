@@ -9,6 +9,7 @@
 //! by recovery) but never an unaccounted file under a final name.
 
 mod clock;
+mod config;
 pub mod db;
 mod direct;
 mod fill;
@@ -20,6 +21,7 @@ mod ranges;
 mod stats;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{CacheConfig, CacheError};
 pub use db::{DbError, EntryRow};
 pub use index::{Entry, Index, NoRoom, TooLarge};
 pub use key::{CacheKey, s3_url};
@@ -46,68 +48,6 @@ use direct::DirectReader;
 use fill::{Checksums, Fill, FillCtx, FillFailure};
 use layout::{Layout, Stamp};
 use stats::{add, bump};
-
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    pub dir: PathBuf,
-    /// Bytes.
-    pub max_size: u64,
-    pub max_entries: u64,
-    pub ttl: Duration,
-    /// HEAD on open to compare ETags; off trusts the cached copy until the TTL.
-    pub validate_etag: bool,
-    /// The AWS profile name, part of the cache key.
-    pub profile: String,
-    /// How often expired entries are removed and LRU positions written out.
-    pub sweep_interval: Duration,
-    /// Size of each ranged GET of a fill.
-    pub part_size: u64,
-    /// Ranged GETs of one fill running at once (reads far ahead add their own).
-    pub fill_concurrency: usize,
-    /// Longest a read waits for its bytes before failing with EIO.
-    pub read_timeout: Duration,
-}
-
-impl CacheConfig {
-    pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
-    pub const DEFAULT_FILL_CONCURRENCY: usize = 8;
-    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    TooLarge(#[from] TooLarge),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("download of {url} failed verification: {why}")]
-    Verify { url: String, why: String },
-    /// A download ahead of use found no room without evicting.
-    #[error("no room for {0} bytes without evicting")]
-    NoRoom(u64),
-    /// No room now: what is left is held by downloads under way.
-    #[error("no room for {0} bytes now: the rest is held by downloads under way")]
-    Full(u64),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl CacheError {
-    /// The store error behind this one, if the object store is what failed.
-    pub fn store_error(&self) -> Option<&StoreError> {
-        match self {
-            CacheError::Store(e) => Some(e),
-            _ => None,
-        }
-    }
-}
 
 /// An open object: either a local file holding exactly the version `etag`, or a direct
 /// line to S3 (cache off, object too large, cache unusable).
@@ -1796,12 +1736,6 @@ async fn sweep_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-/// The MD5 in a single-part upload's ETag (`"<32 hex>"`); multipart ETags (`-N`) are not.
-pub(crate) fn plain_md5(etag: &str) -> Option<String> {
-    let t = etag.trim_matches('"').to_ascii_lowercase();
-    (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
-}
-
 fn checksum_file(file: &File, size: u64) -> io::Result<Checksums> {
     let mut sums = fill::ChecksumBuilder::default();
     let mut buf = vec![0u8; BLOCK_SIZE as usize];
@@ -1843,13 +1777,6 @@ mod tests {
 
     async fn read_all(h: &ObjectHandle) -> Vec<u8> {
         h.read(0, h.size as usize).await.expect("read").to_vec()
-    }
-
-    #[test]
-    fn plain_md5_only_for_single_part_etags() {
-        assert!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6\"").is_some());
-        assert!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6-3\"").is_none());
-        assert!(plain_md5("").is_none());
     }
 
     #[tokio::test]
