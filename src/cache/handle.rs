@@ -169,7 +169,10 @@ impl ObjectHandle {
                 let r = match f.check(&self.inner, offset, end) {
                     Ok(true) => fill::pread(&f.file, offset, (end - offset) as usize),
                     Ok(false) => {
-                        self.inner.corrupt_file(f, &self.bucket, &self.key);
+                        // A cache file exists only while the disk half does.
+                        if let Some(disk) = &self.inner.disk {
+                            disk.corrupt_file(f, &self.bucket, &self.key);
+                        }
                         return None;
                     }
                     Err(e) => Err(e),
