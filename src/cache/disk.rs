@@ -349,6 +349,9 @@ impl Disk {
 
     /// The index, db and file half of [`Disk::commit_pending`]: `Ok(false)` for a
     /// download replaced by a newer version meanwhile, which must not overwrite its entry.
+    /// In two steps under the write lock: each download's victims are chosen and evicted
+    /// and its row staged, in order (each sees the room the ones before it took); then
+    /// the whole group is applied with one durable db commit.
     ///
     /// Each download's room stays reserved until its entry takes it over (under one index
     /// lock), so a download reserving meanwhile cannot count it as free. Files go before
@@ -356,84 +359,109 @@ impl Disk {
     fn commit_inserts(&self, batch: &[Pending]) -> Vec<Result<bool, CacheError>> {
         let _w = self.write_lock.lock();
         let now = self.clock.now_ms();
-        let drop_download = |p: &Pending| {
-            self.layout.remove_temp(&p.fill.tmp_name);
-            self.index.lock().unreserve(p.fill.size);
-        };
-        let mut results: Vec<Result<bool, CacheError>> = Vec::with_capacity(batch.len());
         let mut db_batch = Batch::default();
+        let mut results: Vec<Result<bool, CacheError>> = Vec::with_capacity(batch.len());
         for p in batch {
-            let f = &p.fill;
-            // A download replaced by one of a newer version must not overwrite its entry.
-            let current = self
-                .flights
-                .lock()
-                .get(&f.key)
-                .is_some_and(|(id, _)| *id == f.flight);
-            if !current {
-                drop_download(p);
-                results.push(Ok(false));
-                continue;
-            }
-            let victims = {
-                let mut ix = self.index.lock();
-                ix.unreserve(f.size);
-                let victims = ix.victims_for(&f.key, f.size);
-                ix.reserve(f.size);
-                match victims {
-                    Ok(v) => v,
-                    Err(e) => {
-                        drop(ix);
-                        drop_download(p);
-                        bump(&self.stats.not_kept);
-                        results.push(Err(match e {
-                            NoRoom::TooLarge(t) => CacheError::TooLarge(t),
-                            NoRoom::Held => CacheError::Full(f.size),
-                        }));
-                        continue;
-                    }
-                }
-            };
-            for v in &victims {
-                let _ = self.layout.remove_entry(v);
-            }
-            {
-                let mut ix = self.index.lock();
-                for v in &victims {
-                    ix.remove(v);
-                }
-            }
-            add(&self.stats.evictions, victims.len() as u64);
-            db_batch.removes.extend(victims);
-            let seq = self.index.lock().next_seq() + db_batch.upserts.len() as u64;
-            let mut row = EntryRow {
-                url: s3_url(&f.bucket, &f.object_key),
-                profile: self.profile.clone(),
-                etag: f.etag.clone(),
-                size: f.size,
-                created_ms: now,
-                crc32: p.sums.crc32,
-                blocks: Vec::new(),
-            };
-            // The file carries its row (without the block checksums, which may not fit
-            // in an extended attribute), so a lost index can be rebuilt from the files.
-            if let (Some(file), Ok(json)) = (f.file(), serde_json::to_vec(&row)) {
-                self.layout.write_row(&file, &json);
-            }
-            row.blocks = p.sums.blocks.clone();
-            db_batch.upserts.push((f.key, row, (seq, now, 0)));
-            results.push(Ok(true));
+            results.push(self.stage_insert(p, now, &mut db_batch));
         }
-        if let Err(e) = self.db.apply(&db_batch, true) {
+        self.apply_inserts(batch, &db_batch, now, &mut results);
+        results
+    }
+
+    /// The first step of [`Disk::commit_inserts`] for one download: makes room for it
+    /// (victims' files first, then the index; their rows go with the group's commit) and
+    /// stages its row in `db_batch`. The write lock is held.
+    fn stage_insert(
+        &self,
+        p: &Pending,
+        now: u64,
+        db_batch: &mut Batch,
+    ) -> Result<bool, CacheError> {
+        let f = &p.fill;
+        // A download replaced by one of a newer version must not overwrite its entry.
+        let current = self
+            .flights
+            .lock()
+            .get(&f.key)
+            .is_some_and(|(id, _)| *id == f.flight);
+        if !current {
+            self.drop_download(p);
+            return Ok(false);
+        }
+        let victims = match self.choose_victims(f) {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_download(p);
+                bump(&self.stats.not_kept);
+                return Err(match e {
+                    NoRoom::TooLarge(t) => CacheError::TooLarge(t),
+                    NoRoom::Held => CacheError::Full(f.size),
+                });
+            }
+        };
+        for v in &victims {
+            let _ = self.layout.remove_entry(v);
+        }
+        {
+            let mut ix = self.index.lock();
+            for v in &victims {
+                ix.remove(v);
+            }
+        }
+        add(&self.stats.evictions, victims.len() as u64);
+        db_batch.removes.extend(victims);
+        let seq = self.index.lock().next_seq() + db_batch.upserts.len() as u64;
+        let mut row = EntryRow {
+            url: s3_url(&f.bucket, &f.object_key),
+            profile: self.profile.clone(),
+            etag: f.etag.clone(),
+            size: f.size,
+            created_ms: now,
+            crc32: p.sums.crc32,
+            blocks: Vec::new(),
+        };
+        // The file carries its row (without the block checksums, which may not fit
+        // in an extended attribute), so a lost index can be rebuilt from the files.
+        if let (Some(file), Ok(json)) = (f.file(), serde_json::to_vec(&row)) {
+            self.layout.write_row(&file, &json);
+        }
+        row.blocks = p.sums.blocks.clone();
+        db_batch.upserts.push((f.key, row, (seq, now, 0)));
+        Ok(true)
+    }
+
+    /// The entries that must go for a complete download to become an entry. Its own
+    /// reservation is not counted (it is what the entry takes over) but stays held
+    /// throughout, under one index lock.
+    fn choose_victims(&self, f: &Fill) -> Result<Vec<CacheKey>, NoRoom> {
+        let mut ix = self.index.lock();
+        ix.unreserve(f.size);
+        let victims = ix.victims_for(&f.key, f.size);
+        ix.reserve(f.size);
+        victims
+    }
+
+    /// The second step of [`Disk::commit_inserts`]: commits the staged rows durably, then
+    /// renames each file into place and only then lets the index have it (the ordering of
+    /// the module comment). A failure turns the download's result into an error and drops
+    /// it. The write lock is held.
+    fn apply_inserts(
+        &self,
+        batch: &[Pending],
+        db_batch: &Batch,
+        now: u64,
+        results: &mut [Result<bool, CacheError>],
+    ) {
+        if let Err(e) = self.db.apply(db_batch, true) {
             let e = CacheError::from(e);
             for (p, r) in batch.iter().zip(results.iter_mut()) {
                 if matches!(r, Ok(true)) {
-                    drop_download(p);
+                    self.drop_download(p);
                     bump(&self.stats.not_kept);
                     *r = Err(CacheError::Internal(e.to_string()));
                 }
             }
-            return results;
+            return;
         }
         for (p, r) in batch.iter().zip(results.iter_mut()) {
             if !matches!(r, Ok(true)) {
@@ -448,7 +476,7 @@ impl Disk {
                     },
                     true,
                 );
-                drop_download(p);
+                self.drop_download(p);
                 bump(&self.stats.not_kept);
                 *r = Err(CacheError::Io {
                     path: self.layout.entry_path(&f.key),
@@ -480,7 +508,12 @@ impl Disk {
             }
             self.dirty.lock().insert(f.key);
         }
-        results
+    }
+
+    /// A download that does not become an entry: its file goes, then its room.
+    fn drop_download(&self, p: &Pending) {
+        self.layout.remove_temp(&p.fill.tmp_name);
+        self.index.lock().unreserve(p.fill.size);
     }
 
     /// Forgets entries and deletes their files (files first: see the module comment).
