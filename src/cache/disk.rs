@@ -9,10 +9,9 @@
 //! the index has it. So a crash can leave an index row without its file (dropped on use or
 //! by recovery) but never an unaccounted file under a final name.
 
+mod reconcile;
+
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,13 +22,14 @@ use tracing::{debug, info, warn};
 
 use super::clock::Clock;
 use super::config::{CacheConfig, CacheError};
-use super::db::{self, BLOCK_SIZE, Batch, EntryRow, IndexDb};
+use super::db::{Batch, EntryRow, IndexDb};
 use super::fill::{self, Checksums, Fill, FillFailure};
 use super::handle::CachedFile;
 use super::index::{Entry, Index, NoRoom};
 use super::key::{CacheKey, s3_url};
 use super::layout::{Layout, Stamp};
 use super::stats::{Stats, add, bump};
+use reconcile::{open_index, reconcile};
 
 pub(super) type Flight = Shared<BoxFuture<'static, Result<Arc<Fill>, Arc<CacheError>>>>;
 
@@ -189,7 +189,7 @@ impl Disk {
             let row = self.db.row(k).ok().flatten();
             let want = row.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();
             let (f, size) = (file.clone(), entry.size);
-            let sums = tokio::task::spawn_blocking(move || checksum_file(&f, size).ok())
+            let sums = tokio::task::spawn_blocking(move || fill::checksum_file(&f, size).ok())
                 .await
                 .ok()
                 .flatten();
@@ -606,83 +606,6 @@ impl Disk {
         Ok(())
     }
 
-    /// One shard of [`reconcile`]: what it adopted (with when each was last used), how
-    /// many files it removed and how many rows it dropped. `known` are the keys of this
-    /// shard the index held when the check began.
-    fn reconcile_shard(
-        &self,
-        shard: u8,
-        known: &[CacheKey],
-    ) -> (Vec<(CacheKey, u64)>, usize, usize) {
-        let (mut adopted, mut removed, mut dropped) = (Vec::new(), 0usize, 0usize);
-        {
-            let names = self.layout.scan_shard(shard);
-            let _w = self.write_lock.lock();
-            let mut batch = Batch::default();
-            let mut present = HashSet::new();
-            for (key, name) in names {
-                let Some(k) = key else {
-                    self.layout.remove_in_shard(shard, &name);
-                    removed += 1;
-                    continue;
-                };
-                present.insert(k);
-                if self.index.lock().contains(&k) || self.flights.lock().contains_key(&k) {
-                    continue;
-                }
-                match self.adoptable(&k) {
-                    Some((row, entry)) => {
-                        let access = (entry.seq, entry.last_access_ms, 0);
-                        adopted.push((k, entry.last_access_ms));
-                        let mut ix = self.index.lock();
-                        ix.insert(k, entry);
-                        ix.demote(&k);
-                        batch.upserts.push((k, row, access));
-                    }
-                    None => {
-                        let _ = self.layout.remove_entry(&k);
-                        removed += 1;
-                    }
-                }
-            }
-            {
-                let mut ix = self.index.lock();
-                for k in known {
-                    if !present.contains(k) && ix.remove(k).is_some() {
-                        batch.removes.push(*k);
-                        dropped += 1;
-                    }
-                }
-            }
-            if let Err(e) = self.db.apply(&batch, false) {
-                warn!(error = %e, "recording the cache check in the index");
-            }
-        }
-        (adopted, removed, dropped)
-    }
-
-    /// The row and entry of a file the index does not know, from the row it carries, if
-    /// that row is one of ours for this very file.
-    fn adoptable(&self, k: &CacheKey) -> Option<(EntryRow, Entry)> {
-        let (json, stamp) = self.layout.read_row(k)?;
-        let row: EntryRow = serde_json::from_slice(&json).ok()?;
-        if CacheKey::from_url(&row.url, &row.profile) != *k || row.size != stamp.size {
-            return None;
-        }
-        let used_ms = (stamp.mtime_ns / 1_000_000).max(0) as u64;
-        let entry = Entry {
-            etag: row.etag.clone(),
-            size: row.size,
-            created_ms: row.created_ms,
-            last_access_ms: used_ms,
-            seq: 0,
-            hits: 0,
-            crc32: row.crc32,
-            checked: 0,
-        };
-        Some((row, entry))
-    }
-
     /// Ends every download under way: each one's flight ends now, so its eventual
     /// commit finds itself replaced and drops it, and one that has started stops fetching
     /// and closes and removes its file (its handles read S3 from here on).
@@ -740,83 +663,6 @@ impl Drop for Disk {
     }
 }
 
-/// Checks the disk against the index, at every start, in the background: a file the
-/// index does not know is adopted when it carries its row (the index was lost or set
-/// aside) and is removed otherwise; a row whose file is gone is dropped; then the limits
-/// are enforced. Adopted entries come last in LRU order and are checked against their
-/// checksum on first use, like every entry after a restart. Holds the cache only one
-/// shard at a time, so closing it is never held up.
-fn reconcile(disk: &Weak<Disk>) {
-    let started = std::time::Instant::now();
-    let mut by_shard: Vec<Vec<CacheKey>> = vec![Vec::new(); 256];
-    {
-        let Some(disk) = disk.upgrade() else { return };
-        for (k, _) in disk.index.lock().iter() {
-            by_shard[k.0[0] as usize].push(*k);
-        }
-    }
-    let (mut adopted, mut removed, mut dropped) = (Vec::new(), 0usize, 0usize);
-    for shard in 0..=255u8 {
-        let Some(disk) = disk.upgrade() else { return };
-        if disk.closing.load(Ordering::SeqCst) {
-            return;
-        }
-        let (a, r, d) = disk.reconcile_shard(shard, &by_shard[shard as usize]);
-        adopted.extend(a);
-        removed += r;
-        dropped += d;
-    }
-    let Some(disk) = disk.upgrade() else { return };
-    // Oldest use last.
-    adopted.sort_by_key(|(_, used)| std::cmp::Reverse(*used));
-    {
-        let mut ix = disk.index.lock();
-        for (k, _) in &adopted {
-            ix.demote(k);
-        }
-    }
-    // Written durably with the LRU positions below.
-    disk.dirty.lock().extend(adopted.iter().map(|(k, _)| *k));
-    disk.trim_to_limits();
-    if let Err(e) = disk.flush_touches(true) {
-        warn!(error = %e, "recording the cache check in the index");
-    }
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    if !adopted.is_empty() || removed > 0 || dropped > 0 {
-        info!(
-            adopted = adopted.len(),
-            removed,
-            rows_dropped = dropped,
-            elapsed_ms,
-            "cache checked against the disk"
-        );
-    } else {
-        debug!(
-            elapsed_ms,
-            "cache checked against the disk: index and files agree"
-        );
-    }
-}
-
-/// Opens the index; one that cannot be read (truncated, damaged) is set aside and a new
-/// one started, which the background check then fills from the files on disk. An index
-/// of a newer version is left alone: the cache cannot be used.
-fn open_index(layout: &Layout) -> Result<(IndexDb, db::Loaded), CacheError> {
-    let path = layout.index_path()?;
-    match IndexDb::open(&path) {
-        Ok(opened) => Ok(opened),
-        Err(e) if e.kind != db::DbErrorKind::Broken => Err(e.into()),
-        Err(e) => {
-            let aside = layout.set_index_aside()?;
-            warn!(
-                error = %e, moved_to = %aside.display(),
-                "cache index unreadable: set aside; rebuilding it from the cached files"
-            );
-            Ok(IndexDb::open(&path)?)
-        }
-    }
-}
-
 async fn commit_loop(disk: Weak<Disk>, due: Arc<tokio::sync::Notify>) {
     loop {
         due.notified().await;
@@ -839,22 +685,4 @@ async fn sweep_loop(disk: Weak<Disk>, every: Duration) {
             warn!(error = %e, "writing LRU positions");
         }
     }
-}
-
-fn checksum_file(file: &File, size: u64) -> io::Result<Checksums> {
-    let mut sums = fill::ChecksumBuilder::default();
-    let mut buf = vec![0u8; BLOCK_SIZE as usize];
-    let mut off = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        sums.update(&buf[..n]);
-        off += n as u64;
-    }
-    if off != size {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "size changed"));
-    }
-    Ok(sums.finish())
 }

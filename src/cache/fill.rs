@@ -553,6 +553,28 @@ impl ChecksumBuilder {
     }
 }
 
+/// The checksums of a complete file of `size` bytes (a cache file checked on first use).
+pub(crate) fn checksum_file(file: &File, size: u64) -> std::io::Result<Checksums> {
+    let mut sums = ChecksumBuilder::default();
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        sums.update(&buf[..n]);
+        off += n as u64;
+    }
+    if off != size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "size changed",
+        ));
+    }
+    Ok(sums.finish())
+}
+
 /// Why a read on a filling object could not be answered from the fill.
 #[derive(Debug)]
 pub(crate) enum ReadMiss {
