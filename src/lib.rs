@@ -30,8 +30,8 @@
 //!   mapping); `.cache-stats` in `mod.rs`.
 //! - [`cache`]: the read-through cache: keys, the sharded store on disk, the persistent
 //!   LRU index (redb, committed in groups), limits, TTL, downloads and the
-//!   `.cache-stats` counters;
-//!   [`cache::inspect`] reads an unmounted cache directory.
+//!   `.cache-stats` counters, behind the [`cache::Cache`] facade (its `//!` lists its
+//!   files); [`cache::inspect`] reads an unmounted cache directory.
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
 //!   module that sees the AWS SDK.
 

@@ -2,6 +2,24 @@
 //! verified local copy of the object, to a fill under way (a miss: reads are answered as
 //! their bytes land, see `fill.rs`), or to a direct-from-S3 reader when the cache is off
 //! or cannot help (`direct.rs`). The cache never breaks a read.
+//!
+//! # Files
+//!
+//! - `mod.rs`: the [`Cache`] facade: opening the cache, the open path (hit, join a
+//!   download, miss, read directly), warming ahead of use, stats, clear and close.
+//! - `config.rs`: [`CacheConfig`] and [`CacheError`].
+//! - `handle.rs`: [`ObjectHandle`], what an open returns, and where its reads go.
+//! - `download.rs`: one download per key: starting or joining it, finishing it, waiting
+//!   for downloads. `fill.rs`: one download's transfer (parallel ranged GETs into a
+//!   temporary file, reads answered as their bytes land, checksums as it goes).
+//! - `direct.rs`: reads straight from S3.
+//! - `disk.rs`: the on-disk half, which owns the directory, the index and the db and keeps
+//!   them in agreement (commits, evictions, expiry; the ordering that makes crashes
+//!   safe); `disk/reconcile.rs`: the check of the disk against the index at every start.
+//! - `layout.rs`: the directory (shards, `tmp/`, the lock); `index.rs`: the in-memory LRU
+//!   index and the limits; `db.rs`: the index on disk (redb).
+//! - `key.rs`, `clock.rs`, `ranges.rs`, `stats.rs`: cache keys, time, byte ranges, the
+//!   counters behind `.cache-stats`. `inspect.rs`: a cache directory no mount has open.
 
 mod clock;
 mod config;
@@ -41,6 +59,7 @@ use fill::Fill;
 use handle::Source;
 use stats::bump;
 
+/// What every clone of a [`Cache`] shares.
 struct Inner {
     cfg: CacheConfig,
     store: Arc<dyn ObjectStore>,
