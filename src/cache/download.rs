@@ -15,7 +15,7 @@ use super::fill::{Checksums, Fill, FillCtx, FillFailure};
 use super::key::{CacheKey, s3_url};
 use super::stats::bump;
 use super::{Cache, Inner};
-use crate::store::{ObjectMeta, StoreError};
+use crate::store::{ByteStream, ObjectMeta, StoreError};
 
 /// How [`Cache::fill_or_join`] found the object's download.
 pub(super) enum Download {
@@ -144,31 +144,7 @@ impl Inner {
     ) -> Result<Arc<Fill>, CacheError> {
         let disk = self.disk()?;
         let part = self.cfg.part_size.max(64 * 1024);
-        let known_etag = known.as_ref().and_then(|m| m.etag.clone());
-        let mut first = self
-            .store
-            .get_range(bucket, key, Some(0..part), known_etag.as_deref())
-            .await;
-        if known_etag.is_some() && matches!(first, Err(StoreError::PreconditionFailed(_))) {
-            // What we knew is out of date: take whatever version is there now.
-            first = self.store.get_range(bucket, key, Some(0..part), None).await;
-        }
-        let (etag, size, body) = match first {
-            Ok(g) if !g.etag.is_empty() => (g.etag, g.object_size, Some(g.body)),
-            Ok(_) => {
-                // No ETag in the answer: ask for it, and pin the fill to it.
-                let m = self.store.head(bucket, key).await?;
-                (m.etag.unwrap_or_default(), m.size, None)
-            }
-            Err(StoreError::NotFound(u)) => return Err(StoreError::NotFound(u).into()),
-            Err(e) => {
-                // An empty object cannot be fetched by range (416): HEAD tells.
-                match self.store.head(bucket, key).await {
-                    Ok(m) if m.size == 0 => (m.etag.unwrap_or_default(), 0, None),
-                    _ => return Err(e.into()),
-                }
-            }
-        };
+        let (etag, size, body) = self.first_part(bucket, key, part, known).await?;
         match disk.reserve_room(&k, size, may_evict) {
             Err(CacheError::Full(_)) if !disk.pending.lock().is_empty() => {
                 // Room held by complete downloads awaiting their group commit: commit
@@ -223,6 +199,42 @@ impl Inner {
             me.finish_fill(&f, result);
         });
         Ok(fill)
+    }
+
+    /// The GET of a fill's first part, which also says which version and how big the
+    /// object is: (ETag, size, the part's body when there is one to read).
+    async fn first_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        part: u64,
+        known: Option<ObjectMeta>,
+    ) -> Result<(String, u64, Option<ByteStream>), CacheError> {
+        let known_etag = known.as_ref().and_then(|m| m.etag.clone());
+        let mut first = self
+            .store
+            .get_range(bucket, key, Some(0..part), known_etag.as_deref())
+            .await;
+        if known_etag.is_some() && matches!(first, Err(StoreError::PreconditionFailed(_))) {
+            // What we knew is out of date: take whatever version is there now.
+            first = self.store.get_range(bucket, key, Some(0..part), None).await;
+        }
+        Ok(match first {
+            Ok(g) if !g.etag.is_empty() => (g.etag, g.object_size, Some(g.body)),
+            Ok(_) => {
+                // No ETag in the answer: ask for it, and pin the fill to it.
+                let m = self.store.head(bucket, key).await?;
+                (m.etag.unwrap_or_default(), m.size, None)
+            }
+            Err(StoreError::NotFound(u)) => return Err(StoreError::NotFound(u).into()),
+            Err(e) => {
+                // An empty object cannot be fetched by range (416): HEAD tells.
+                match self.store.head(bucket, key).await {
+                    Ok(m) if m.size == 0 => (m.etag.unwrap_or_default(), 0, None),
+                    _ => return Err(e.into()),
+                }
+            }
+        })
     }
 
     /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
