@@ -192,29 +192,7 @@ impl Cache {
             };
             // A download started by someone else may be of a version replaced since.
             if joined && (inner.cfg.validate_etag || fresh.is_some()) {
-                let current = match fresh.clone() {
-                    Some(m) => m,
-                    // A download ahead of use learned its version moments ago.
-                    None if fill.ahead_of_use => ObjectMeta {
-                        etag: Some(fill.etag.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    None => {
-                        bump(&inner.stats.etag_validations);
-                        match inner
-                            .store
-                            .head_within(bucket, key, inner.validate_within())
-                            .await
-                        {
-                            Ok(m) => m,
-                            Err(e) if e.is_transient() => ObjectMeta {
-                                etag: Some(fill.etag.clone()),
-                                ..ObjectMeta::default()
-                            },
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                };
+                let current = self.current_version(&fill, &fresh, bucket, key).await?;
                 if current.etag.as_deref() != Some(fill.etag.as_str()) {
                     bump(&inner.stats.etag_mismatches);
                     fresh = Some(current);
@@ -243,6 +221,42 @@ impl Cache {
         Err(CacheError::Internal(
             "cache entry kept changing while opening".into(),
         ))
+    }
+
+    /// The version a joined download must be of to serve this open: what the caller
+    /// knew, else what S3 says now. A download ahead of use, or S3 not answering in time,
+    /// counts as current.
+    async fn current_version(
+        &self,
+        fill: &Fill,
+        fresh: &Option<ObjectMeta>,
+        bucket: &str,
+        key: &str,
+    ) -> Result<ObjectMeta, CacheError> {
+        let inner = &self.inner;
+        Ok(match fresh.clone() {
+            Some(m) => m,
+            // A download ahead of use learned its version moments ago.
+            None if fill.ahead_of_use => ObjectMeta {
+                etag: Some(fill.etag.clone()),
+                ..ObjectMeta::default()
+            },
+            None => {
+                bump(&inner.stats.etag_validations);
+                match inner
+                    .store
+                    .head_within(bucket, key, inner.validate_within())
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.is_transient() => ObjectMeta {
+                        etag: Some(fill.etag.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        })
     }
 
     /// Starts downloading an object into the cache ahead of use, unless it is cached or
