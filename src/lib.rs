@@ -28,10 +28,12 @@
 //!   (numbers and what is known of each path), `listing` (directories from S3), `open`
 //!   (open handles and reads), `readahead` (directories read in order), `error` (errno
 //!   mapping); `.cache-stats` in `mod.rs`.
-//! - [`cache`]: the read-through cache: keys, the sharded store on disk, the persistent
-//!   LRU index (redb, committed in groups), limits, TTL, downloads and the
-//!   `.cache-stats` counters;
-//!   [`cache::inspect`] reads an unmounted cache directory.
+//! - [`cache`]: the read-through cache behind the [`cache::Cache`] facade (`mod.rs`):
+//!   `handle` (what an open returns), `download` and `fill` (one download per key, its
+//!   ranged GETs), `direct` (reads straight from S3), `disk` (the directory, the LRU
+//!   index and its redb copy kept in agreement: group commits, eviction, TTL, the check
+//!   at start), `layout`, `index`, `db`, `key`, `stats` (the `.cache-stats` counters),
+//!   `config`; [`cache::inspect`] reads an unmounted cache directory.
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
 //!   module that sees the AWS SDK.
 

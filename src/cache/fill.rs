@@ -17,10 +17,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::config::CacheError;
 use super::db::BLOCK_SIZE;
+use super::key::CacheKey;
 use super::ranges::RangeSet;
 use super::stats::{Stats, add};
-use super::{CacheError, CacheKey};
 use crate::store::{ByteStream, ObjectStore, StoreError};
 
 /// Attempts per part (each resumes from the last byte received).
@@ -453,7 +454,7 @@ impl Fill {
     fn checksum_pass(self: &Arc<Self>) -> Result<Checksums, FillFailure> {
         let mut rx = self.progress.subscribe();
         let mut sums = ChecksumBuilder::default();
-        let want_md5 = super::plain_md5(&self.etag);
+        let want_md5 = plain_md5(&self.etag);
         let mut md5 = want_md5.as_ref().map(|_| Md5::new());
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         let mut done = 0u64;
@@ -552,6 +553,28 @@ impl ChecksumBuilder {
     }
 }
 
+/// The checksums of a complete file of `size` bytes (a cache file checked on first use).
+pub(crate) fn checksum_file(file: &File, size: u64) -> std::io::Result<Checksums> {
+    let mut sums = ChecksumBuilder::default();
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        sums.update(&buf[..n]);
+        off += n as u64;
+    }
+    if off != size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "size changed",
+        ));
+    }
+    Ok(sums.finish())
+}
+
 /// Why a read on a filling object could not be answered from the fill.
 #[derive(Debug)]
 pub(crate) enum ReadMiss {
@@ -574,6 +597,12 @@ impl From<ReadMiss> for CacheError {
 /// only at the end of the file).
 pub(crate) fn block_crc(data: &[u8]) -> u32 {
     crc32fast::hash(data)
+}
+
+/// The MD5 in a single-part upload's ETag (`"<32 hex>"`); multipart ETags (`-N`) are not.
+fn plain_md5(etag: &str) -> Option<String> {
+    let t = etag.trim_matches('"').to_ascii_lowercase();
+    (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -610,4 +639,16 @@ fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_md5_only_for_single_part_etags() {
+        assert!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6\"").is_some());
+        assert!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6-3\"").is_none());
+        assert!(plain_md5("").is_none());
+    }
 }

@@ -44,7 +44,7 @@ pub struct Index {
     lru: LruCache<CacheKey, Entry>,
     total_size: u64,
     max_size: u64,
-    /// The most the disk can hold for the cache now (see `Disk::space_cap`), when it is
+    /// The most the disk can hold for the cache now (see `Disk::disk_cap`), when it is
     /// less than `max_size`.
     disk_cap: Option<u64>,
     max_entries: u64,

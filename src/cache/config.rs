@@ -1,0 +1,72 @@
+//! The cache's settings and its errors: what callers configure and what they get back.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::db::DbError;
+use super::index::TooLarge;
+use super::layout::LayoutError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    /// Bytes.
+    pub max_size: u64,
+    pub max_entries: u64,
+    pub ttl: Duration,
+    /// HEAD on open to compare ETags; off trusts the cached copy until the TTL.
+    pub validate_etag: bool,
+    /// The AWS profile name, part of the cache key.
+    pub profile: String,
+    /// How often expired entries are removed and LRU positions written out.
+    pub sweep_interval: Duration,
+    /// Size of each ranged GET of a fill.
+    pub part_size: u64,
+    /// Ranged GETs of one fill running at once (reads far ahead add their own).
+    pub fill_concurrency: usize,
+    /// Longest a read waits for its bytes before failing with EIO.
+    pub read_timeout: Duration,
+}
+
+impl CacheConfig {
+    pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+    pub const DEFAULT_FILL_CONCURRENCY: usize = 8;
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("download of {url} failed verification: {why}")]
+    Verify { url: String, why: String },
+    /// A download ahead of use found no room without evicting.
+    #[error("no room for {0} bytes without evicting")]
+    NoRoom(u64),
+    /// No room now: what is left is held by downloads under way.
+    #[error("no room for {0} bytes now: the rest is held by downloads under way")]
+    Full(u64),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CacheError {
+    /// The store error behind this one, if the object store is what failed.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            CacheError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
