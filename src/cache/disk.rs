@@ -642,7 +642,11 @@ impl Disk {
         self.closing.store(true, Ordering::SeqCst);
         let waiting = std::time::Instant::now();
         let rx = &self.recovered;
-        while !*rx.borrow() && rx.has_changed().is_ok() && waiting.elapsed() < CLOSE_WAIT {
+        while !reconcile::running_here()
+            && !*rx.borrow()
+            && rx.has_changed().is_ok()
+            && waiting.elapsed() < CLOSE_WAIT
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.commit_pending();

@@ -43,7 +43,8 @@ pub use handle::{ObjectHandle, Outcome};
 pub use index::{Entry, Index, NoRoom, TooLarge};
 pub use key::{CacheKey, s3_url};
 pub use layout::{INDEX_FILE, LayoutError, check_dir, open_private_append};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::StatsSnapshot;
+pub(crate) use stats::Stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,9 +144,22 @@ impl Cache {
         })
     }
 
-    /// The counters, for layers that count their own events.
-    pub fn counters(&self) -> &Stats {
-        &self.inner.stats
+    /// Counts a read request that reached s3cachefs (not a passthrough read).
+    pub fn count_read_request(&self) {
+        bump(&self.inner.stats.read_requests);
+    }
+
+    /// Counts an answer given from what was known because S3 could not be asked (a
+    /// listing served stale).
+    pub fn count_stale_served(&self) {
+        bump(&self.inner.stats.stale_served);
+    }
+
+    /// Counts an open the kernel reads itself (passthrough): its `size` bytes count as
+    /// served from the cache, since its reads never reach us.
+    pub fn count_passthrough_open(&self, size: u64) {
+        bump(&self.inner.stats.passthrough_opens);
+        stats::add(&self.inner.stats.bytes_from_cache, size);
     }
 
     /// Counts an error returned to a program (an EIO of an open, read or listing).

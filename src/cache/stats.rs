@@ -7,35 +7,35 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
 pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
-    pub expirations: AtomicU64,
-    pub etag_validations: AtomicU64,
-    pub etag_mismatches: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) etag_validations: AtomicU64,
+    pub(crate) etag_mismatches: AtomicU64,
     /// Cached copies served because validation failed for a transient reason.
-    pub stale_served: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
     /// Cache files whose bytes no longer matched their checksum.
-    pub corruptions: AtomicU64,
+    pub(crate) corruptions: AtomicU64,
     pub bytes_from_s3: AtomicU64,
-    pub bytes_from_cache: AtomicU64,
-    pub downloads_in_flight: AtomicU64,
-    pub errors: AtomicU64,
+    pub(crate) bytes_from_cache: AtomicU64,
+    pub(crate) downloads_in_flight: AtomicU64,
+    pub(crate) errors: AtomicU64,
     /// Opens of complete cache files handed to the kernel (FUSE passthrough): their
     /// reads never reach s3cachefs, so their whole size counts as bytes_from_cache.
-    pub passthrough_opens: AtomicU64,
+    pub(crate) passthrough_opens: AtomicU64,
     /// Read requests s3cachefs answered itself.
-    pub read_requests: AtomicU64,
+    pub(crate) read_requests: AtomicU64,
     /// Downloads started ahead of use (directory read-ahead).
-    pub prefetches: AtomicU64,
+    pub(crate) prefetches: AtomicU64,
     /// Objects read but not kept for lack of room: larger than the cache (or than the
     /// disk can take), no room beside downloads under way, or the disk filled up.
-    pub not_kept: AtomicU64,
+    pub(crate) not_kept: AtomicU64,
     /// Downloads into the cache that failed (network, S3 or local disk trouble); their
     /// reads went to S3 directly.
-    pub downloads_failed: AtomicU64,
+    pub(crate) downloads_failed: AtomicU64,
     /// Writes to the cache that found its disk full (ENOSPC, EDQUOT).
-    pub disk_full_events: AtomicU64,
+    pub(crate) disk_full_events: AtomicU64,
     started: Instant,
 }
 

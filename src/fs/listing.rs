@@ -50,10 +50,7 @@ impl S3Fs {
             (Ok(entries), _) => Ok(entries),
             (Err(e), Some(last)) if e.is_transient() => {
                 debug!(dir, error = %e, "S3 cannot be asked; serving the last listing");
-                self.cache
-                    .counters()
-                    .stale_served
-                    .fetch_add(1, Ordering::Relaxed);
+                self.cache.count_stale_served();
                 Ok(last)
             }
             (Err(e), _) => {

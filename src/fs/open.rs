@@ -256,10 +256,7 @@ impl S3Fs {
                 let h = h.clone();
                 drop(files);
                 // Object reads only: passthrough tests watch this stay still.
-                self.cache
-                    .counters()
-                    .read_requests
-                    .fetch_add(1, Ordering::Relaxed);
+                self.cache.count_read_request();
                 h.try_read(offset, size as usize)
                     .map(|r| r.map_err(|e| self.counted(FsError::from_cache(&e))))
             }
@@ -288,9 +285,7 @@ impl S3Fs {
             Some(OpenFile::Object(h)) => h.size,
             _ => return,
         };
-        let c = self.cache.counters();
-        c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
-        c.bytes_from_cache.fetch_add(size, Ordering::Relaxed);
+        self.cache.count_passthrough_open(size);
     }
 
     pub fn release(&self, fh: u64) {

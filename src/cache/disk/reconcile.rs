@@ -14,6 +14,26 @@ use crate::cache::index::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::layout::Layout;
 
+thread_local! {
+    /// Set on the thread running the check. When the check's own hold on the disk is the
+    /// last one, the disk closes on that thread: it must not wait for the check to end.
+    static RUNNING_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is the one running the check.
+pub(in crate::cache) fn running_here() -> bool {
+    RUNNING_HERE.with(|r| r.get())
+}
+
+/// Clears [`RUNNING_HERE`] however the check ends.
+struct RunningHere;
+
+impl Drop for RunningHere {
+    fn drop(&mut self) {
+        RUNNING_HERE.with(|r| r.set(false));
+    }
+}
+
 /// Checks the disk against the index, at every start, in the background: a file the
 /// index does not know is adopted when it carries its row (the index was lost or set
 /// aside) and is removed otherwise; a row whose file is gone is dropped; then the limits
@@ -21,6 +41,8 @@ use crate::cache::layout::Layout;
 /// checksum on first use, like every entry after a restart. Holds the cache only one
 /// shard at a time, so closing it is never held up.
 pub(super) fn reconcile(disk: &Weak<Disk>) {
+    RUNNING_HERE.with(|r| r.set(true));
+    let _done = RunningHere;
     let started = std::time::Instant::now();
     let mut by_shard: Vec<Vec<CacheKey>> = vec![Vec::new(); 256];
     {
