@@ -43,8 +43,8 @@ pub use handle::{ObjectHandle, Outcome};
 pub use index::{Entry, Index, NoRoom, TooLarge};
 pub use key::{CacheKey, s3_url};
 pub use layout::{INDEX_FILE, LayoutError, check_dir, open_private_append};
-pub use stats::StatsSnapshot;
 pub(crate) use stats::Stats;
+pub use stats::StatsSnapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
