@@ -314,10 +314,10 @@ impl Disk {
             // the key's place at any moment.
             let mut flights = self.flights.lock();
             if flights
-                .get(&fill.key)
+                .get(&fill.cache_key)
                 .is_some_and(|(id, _)| *id == fill.flight)
             {
-                flights.remove(&fill.key);
+                flights.remove(&fill.cache_key);
             }
         }
         // Last: "no download in flight" then means committed and visible to opens.
@@ -335,7 +335,7 @@ impl Disk {
         }
         let results = self.commit_inserts(&batch);
         for (p, r) in batch.iter().zip(results) {
-            let url = s3_url(&p.fill.bucket, &p.fill.object_key);
+            let url = s3_url(&p.fill.bucket, &p.fill.key);
             match r {
                 Ok(true) => debug!(%url, size = p.fill.size, "download complete and cached"),
                 Ok(false) => debug!(%url, "download of a replaced version finished; not kept"),
@@ -382,7 +382,7 @@ impl Disk {
         let current = self
             .flights
             .lock()
-            .get(&f.key)
+            .get(&f.cache_key)
             .is_some_and(|(id, _)| *id == f.flight);
         if !current {
             self.drop_download(p);
@@ -412,7 +412,7 @@ impl Disk {
         db_batch.removes.extend(victims);
         let seq = self.index.lock().next_seq() + db_batch.upserts.len() as u64;
         let mut row = EntryRow {
-            url: s3_url(&f.bucket, &f.object_key),
+            url: s3_url(&f.bucket, &f.key),
             profile: self.profile.clone(),
             etag: f.etag.clone(),
             size: f.size,
@@ -426,7 +426,7 @@ impl Disk {
             self.layout.write_row(&file, &json);
         }
         row.blocks = p.sums.blocks.clone();
-        db_batch.upserts.push((f.key, row, (seq, now, 0)));
+        db_batch.upserts.push((f.cache_key, row, (seq, now, 0)));
         Ok(true)
     }
 
@@ -436,7 +436,7 @@ impl Disk {
     fn choose_victims(&self, f: &Fill) -> Result<Vec<CacheKey>, NoRoom> {
         let mut ix = self.index.lock();
         ix.unreserve(f.size);
-        let victims = ix.victims_for(&f.key, f.size);
+        let victims = ix.victims_for(&f.cache_key, f.size);
         ix.reserve(f.size);
         victims
     }
@@ -468,10 +468,10 @@ impl Disk {
                 continue;
             }
             let f = &p.fill;
-            if let Err(source) = self.layout.commit_temp(&f.tmp_name, &f.key) {
+            if let Err(source) = self.layout.commit_temp(&f.tmp_name, &f.cache_key) {
                 let _ = self.db.apply(
                     &Batch {
-                        removes: vec![f.key],
+                        removes: vec![f.cache_key],
                         ..Batch::default()
                     },
                     true,
@@ -479,7 +479,7 @@ impl Disk {
                 self.drop_download(p);
                 bump(&self.stats.not_kept);
                 *r = Err(CacheError::Io {
-                    path: self.layout.entry_path(&f.key),
+                    path: self.layout.entry_path(&f.cache_key),
                     source,
                 });
                 continue;
@@ -504,9 +504,9 @@ impl Disk {
             {
                 let mut ix = self.index.lock();
                 ix.unreserve(f.size);
-                ix.insert(f.key, entry);
+                ix.insert(f.cache_key, entry);
             }
-            self.dirty.lock().insert(f.key);
+            self.dirty.lock().insert(f.cache_key);
         }
     }
 

@@ -240,7 +240,7 @@ impl Inner {
     /// Commits a complete, verified fill to the cache, or cleans up after a failed one.
     fn finish_fill(&self, fill: &Arc<Fill>, result: Result<Checksums, FillFailure>) {
         let Some(disk) = &self.disk else { return };
-        let url = s3_url(&fill.bucket, &fill.object_key);
+        let url = s3_url(&fill.bucket, &fill.key);
         match result {
             Ok(sums) => {
                 // The flight ends when the committer has put it in the index (or found

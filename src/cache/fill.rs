@@ -65,11 +65,11 @@ pub(crate) struct FillCtx {
 }
 
 pub(crate) struct Fill {
-    /// Which download of this key this is (its entry in the cache's flights map).
+    /// Which download of this object this is (its entry in the cache's flights map).
     pub flight: u64,
-    pub key: CacheKey,
+    pub cache_key: CacheKey,
     pub bucket: String,
-    pub object_key: String,
+    pub key: String,
     pub etag: String,
     pub size: u64,
     /// The download's file in `tmp/`. Closed (taken) as soon as the fill fails, so a file
@@ -104,9 +104,9 @@ impl Fill {
         let parts = size.div_ceil(part_size) as usize;
         Fill {
             flight,
-            key,
+            cache_key: key,
             bucket: bucket.to_string(),
-            object_key: object_key.to_string(),
+            key: object_key.to_string(),
             etag: etag.to_string(),
             size,
             file: Mutex::new(Some(Arc::new(file))),
@@ -245,7 +245,7 @@ impl Fill {
                 }
             };
             if take {
-                debug!(part = i, key = %self.object_key, "fetching part out of order for a read");
+                debug!(part = i, key = %self.key, "fetching part out of order for a read");
                 // The part is fetched from where the read wants it (a seek to the
                 // index at the end of a video lands mid-part); its head comes after.
                 let from = if i == first {
@@ -287,7 +287,7 @@ impl Fill {
                 self.bump();
             }
             Err(f) => {
-                warn!(key = %self.object_key, part = i, failure = ?f, "fill abandoned");
+                warn!(key = %self.key, part = i, failure = ?f, "fill abandoned");
                 self.finish(Err(f));
             }
         }
@@ -321,7 +321,7 @@ impl Fill {
                     .store
                     .get_range(
                         &self.bucket,
-                        &self.object_key,
+                        &self.key,
                         Some(pos..range.end),
                         Some(&self.etag),
                     )

@@ -1,4 +1,4 @@
-//! The cache key of DESIGN.md: `SHA-256("s3://bucket/key" + "|" + profile)`, lowercase hex.
+//! The cache key (a contract: `../shared/DESIGN.md`, beside this repository, and the README): `SHA-256("s3://bucket/key" + "|" + profile)`, lowercase hex.
 
 use sha2::{Digest, Sha256};
 

@@ -186,15 +186,17 @@ impl Cache {
             return Ok(self.direct(bucket, key, &meta));
         };
         let k = CacheKey::new(bucket, key, &inner.cfg.profile);
-        let mut fresh = known.filter(|m| m.etag.is_some());
+        // What S3 last said of the object (its ETag), when known: opens and joins check
+        // against it, and learn it from S3 when they ask.
+        let mut latest = known.filter(|m| m.etag.is_some());
         // A fill can complete between looking in the index and joining it: look again.
         let mut stale: Option<Arc<Fill>> = None;
         for _ in 0..4 {
-            if let Some(h) = self.open_cached(k, bucket, key, &mut fresh).await? {
+            if let Some(h) = self.open_cached(k, bucket, key, &mut latest).await? {
                 return Ok(h);
             }
             let joining = self
-                .fill_or_join(k, bucket, key, fresh.clone(), stale.take(), true)
+                .fill_or_join(k, bucket, key, latest.clone(), stale.take(), true)
                 .await;
             let (fill, joined) = match joining {
                 Ok(Some(Download::Started(f))) => (f, false),
@@ -202,14 +204,14 @@ impl Cache {
                 Ok(None) => continue,
                 // Joined a download ahead of use that found no room: this open may evict.
                 Err(CacheError::NoRoom(_)) => continue,
-                Err(e) => return self.cannot_fill(bucket, key, fresh, &e).await,
+                Err(e) => return self.cannot_fill(bucket, key, latest, &e).await,
             };
             // A download started by someone else may be of a version replaced since.
-            if joined && (inner.cfg.validate_etag || fresh.is_some()) {
-                let current = self.current_version(&fill, &fresh, bucket, key).await?;
+            if joined && (inner.cfg.validate_etag || latest.is_some()) {
+                let current = self.current_version(&fill, &latest, bucket, key).await?;
                 if current.etag.as_deref() != Some(fill.etag.as_str()) {
                     bump(&inner.stats.etag_mismatches);
-                    fresh = Some(current);
+                    latest = Some(current);
                     stale = Some(fill);
                     continue;
                 }
@@ -243,12 +245,12 @@ impl Cache {
     async fn current_version(
         &self,
         fill: &Fill,
-        fresh: &Option<ObjectMeta>,
+        latest: &Option<ObjectMeta>,
         bucket: &str,
         key: &str,
     ) -> Result<ObjectMeta, CacheError> {
         let inner = &self.inner;
-        Ok(match fresh.clone() {
+        Ok(match latest.clone() {
             Some(m) => m,
             // A download ahead of use learned its version moments ago.
             None if fill.ahead_of_use => ObjectMeta {
@@ -323,7 +325,7 @@ impl Cache {
         k: CacheKey,
         bucket: &str,
         key: &str,
-        fresh: &mut Option<ObjectMeta>,
+        latest: &mut Option<ObjectMeta>,
     ) -> Result<Option<ObjectHandle>, CacheError> {
         let inner = &self.inner;
         let Some(disk) = &inner.disk else {
@@ -340,8 +342,8 @@ impl Cache {
                 break;
             }
             let mut outcome = Outcome::Hit;
-            if inner.cfg.validate_etag || fresh.is_some() {
-                let current = match fresh.clone() {
+            if inner.cfg.validate_etag || latest.is_some() {
+                let current = match latest.clone() {
                     Some(m) => Ok(m),
                     None => {
                         bump(&inner.stats.etag_validations);
@@ -357,7 +359,7 @@ impl Cache {
                         debug!(url = %s3_url(bucket, key), "ETag changed; refetching");
                         bump(&inner.stats.etag_mismatches);
                         disk.remove_entries(&[k]);
-                        *fresh = Some(m);
+                        *latest = Some(m);
                         break;
                     }
                     Err(StoreError::NotFound(_)) => {
@@ -398,7 +400,7 @@ impl Cache {
         &self,
         bucket: &str,
         key: &str,
-        fresh: Option<ObjectMeta>,
+        latest: Option<ObjectMeta>,
         e: &CacheError,
     ) -> Result<ObjectHandle, CacheError> {
         let inner = &self.inner;
@@ -421,7 +423,7 @@ impl Cache {
                 }
             }
         }
-        let meta = match fresh {
+        let meta = match latest {
             Some(m) => m,
             None => inner.store.head(bucket, key).await?,
         };

@@ -73,7 +73,7 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// The document `.cache-stats` shows (field names are a contract: DESIGN.md).
+/// The document `.cache-stats` shows (field names are a contract: `../shared/DESIGN.md`, beside this repository, and the README).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsSnapshot {
     pub enabled: bool,
