@@ -1,4 +1,5 @@
-//! The cache key (a contract: `../shared/DESIGN.md`, beside this repository, and the README): `SHA-256("s3://bucket/key" + "|" + profile)`, lowercase hex.
+//! The cache key, `SHA-256("s3://bucket/key" + "|" + profile)` in lowercase hex: a
+//! contract (`../shared/DESIGN.md`, beside this repository, and the README).
 
 use sha2::{Digest, Sha256};
 

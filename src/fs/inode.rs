@@ -61,9 +61,15 @@ pub enum NodeData {
     },
 }
 
+/// An inode number for a name: the one it had, or a new one.
+enum Numbered {
+    Known(u64),
+    New(u64),
+}
+
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
-    by_name: HashMap<(u64, String, bool), u64>,
+    by_name: HashMap<(u64, String, Kind), u64>,
     next: u64,
     mounted_at: SystemTime,
 }
@@ -101,33 +107,35 @@ impl InodeTable {
         self.nodes.get(&ino)
     }
 
-    fn ino_for(&mut self, parent: u64, name: &str, is_dir: bool) -> (u64, bool) {
-        let k = (parent, name.to_string(), is_dir);
+    /// The inode `name` in `parent` has, or a new one.
+    fn ino_for(&mut self, parent: u64, name: &str, kind: Kind) -> Numbered {
+        let k = (parent, name.to_string(), kind);
         if let Some(ino) = self.by_name.get(&k) {
-            return (*ino, false);
+            return Numbered::Known(*ino);
         }
         let ino = self.next;
         self.next += 1;
         self.by_name.insert(k, ino);
-        (ino, true)
+        Numbered::New(ino)
     }
 
     pub fn dir_child(&mut self, parent: u64, name: &str, bucket: String, prefix: String) -> u64 {
-        let (ino, new) = self.ino_for(parent, name, true);
-        if new {
-            self.nodes.insert(
-                ino,
-                Node::new(
-                    parent,
-                    self.mounted_at,
-                    NodeData::Dir {
-                        bucket: Some(bucket),
-                        prefix,
-                        children: None,
-                    },
-                ),
-            );
-        }
+        let ino = match self.ino_for(parent, name, Kind::Dir) {
+            Numbered::Known(ino) => return ino,
+            Numbered::New(ino) => ino,
+        };
+        self.nodes.insert(
+            ino,
+            Node::new(
+                parent,
+                self.mounted_at,
+                NodeData::Dir {
+                    bucket: Some(bucket),
+                    prefix,
+                    children: None,
+                },
+            ),
+        );
         ino
     }
 
@@ -143,46 +151,12 @@ impl InodeTable {
         meta: ObjectMeta,
         learned: Instant,
     ) -> u64 {
-        let (ino, new) = self.ino_for(parent, name, false);
-        if !new {
-            if let Some(Node {
-                data:
-                    NodeData::File {
-                        meta: old,
-                        learned: old_learned,
-                        ..
-                    },
-                ..
-            }) = self.nodes.get_mut(&ino)
-            {
-                // Two ETags decide; without both, the modification time does, when known
-                // (a version an open found has none until it is listed).
-                let changed = old.size != meta.size
-                    || match (&old.etag, &meta.etag) {
-                        (Some(a), Some(b)) => !same_etag(a, b),
-                        _ => old.last_modified.is_some() && old.last_modified != meta.last_modified,
-                    };
-                if changed && *old_learned > learned {
-                    // S3 told an open about this version after the listing was asked
-                    // for: the listing is the older news.
-                    return ino;
-                }
-                if !changed {
-                    // Listings from some servers carry no ETag: keep the one we know, but
-                    // do not count it as confirmed now.
-                    if meta.etag.is_some() {
-                        *old_learned = learned;
-                        old.etag = meta.etag;
-                    }
-                    if meta.last_modified.is_some() {
-                        old.last_modified = meta.last_modified;
-                    }
-                    return ino;
-                }
+        let ino = match self.ino_for(parent, name, Kind::File) {
+            Numbered::New(ino) => ino,
+            Numbered::Known(ino) => {
+                return self.known_file(parent, name, ino, bucket, meta, learned);
             }
-            self.unname(parent, name, Kind::File, ino);
-            return self.file_child(parent, name, bucket, meta, learned);
-        }
+        };
         let key = meta.key.clone();
         self.nodes.insert(
             ino,
@@ -199,6 +173,56 @@ impl InodeTable {
             ),
         );
         ino
+    }
+
+    /// A listed object whose name has an inode already: the same inode while it is the
+    /// same version, else a new one.
+    fn known_file(
+        &mut self,
+        parent: u64,
+        name: &str,
+        ino: u64,
+        bucket: String,
+        meta: ObjectMeta,
+        learned: Instant,
+    ) -> u64 {
+        if let Some(Node {
+            data:
+                NodeData::File {
+                    meta: old,
+                    learned: old_learned,
+                    ..
+                },
+            ..
+        }) = self.nodes.get_mut(&ino)
+        {
+            // Two ETags decide; without both, the modification time does, when known
+            // (a version an open found has none until it is listed).
+            let changed = old.size != meta.size
+                || match (&old.etag, &meta.etag) {
+                    (Some(a), Some(b)) => !same_etag(a, b),
+                    _ => old.last_modified.is_some() && old.last_modified != meta.last_modified,
+                };
+            if changed && *old_learned > learned {
+                // S3 told an open about this version after the listing was asked
+                // for: the listing is the older news.
+                return ino;
+            }
+            if !changed {
+                // Listings from some servers carry no ETag: keep the one we know, but
+                // do not count it as confirmed now.
+                if meta.etag.is_some() {
+                    *old_learned = learned;
+                    old.etag = meta.etag;
+                }
+                if meta.last_modified.is_some() {
+                    old.last_modified = meta.last_modified;
+                }
+                return ino;
+            }
+        }
+        self.unname(parent, name, Kind::File, ino);
+        self.file_child(parent, name, bucket, meta, learned)
     }
 
     /// Whether `ino` is what its name in its directory stands for now (not retired).
@@ -220,9 +244,7 @@ impl InodeTable {
     /// The inode `name` in `dir` has now (a listing made meanwhile may have given it a new
     /// one).
     pub fn child_named(&self, dir: u64, name: &str, kind: Kind) -> Option<u64> {
-        self.by_name
-            .get(&(dir, name.to_string(), kind == Kind::Dir))
-            .copied()
+        self.by_name.get(&(dir, name.to_string(), kind)).copied()
     }
 
     /// Number of inodes held.
@@ -275,7 +297,7 @@ impl InodeTable {
 
     /// `name` in `dir` no longer stands for `ino` (if it still did), and `ino` is retired.
     fn unname(&mut self, dir: u64, name: &str, kind: Kind, ino: u64) {
-        let k = (dir, name.to_string(), kind == Kind::Dir);
+        let k = (dir, name.to_string(), kind);
         if self.by_name.get(&k) == Some(&ino) {
             self.by_name.remove(&k);
         }

@@ -35,7 +35,7 @@ pub struct Opened {
     pub cache_file: Option<Arc<std::fs::File>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Dir,
     File,
