@@ -94,17 +94,12 @@ fn main() {
         .map(|_| {
             rt.block_on(async {
                 let cfg = CacheConfig {
-                    enabled: true,
-                    dir: cache_dir.clone(),
                     max_size: u64::MAX / 2,
                     max_entries: u64::MAX / 2,
                     ttl: Duration::from_secs(86_400 * 365 * 100),
-                    validate_etag: true,
-                    profile: "default".into(),
                     sweep_interval: Duration::from_secs(3600),
-                    part_size: CacheConfig::DEFAULT_PART_SIZE,
-                    fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
                     read_timeout: Duration::from_secs(30),
+                    ..CacheConfig::at(&cache_dir)
                 };
                 let t = Instant::now();
                 let cache = Cache::open(cfg, Arc::new(MemoryStore::new()), Arc::new(SystemClock))

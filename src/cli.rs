@@ -715,16 +715,15 @@ impl MountArgs {
         };
         Ok(CacheConfig {
             enabled,
-            dir: cache_dir,
             max_size,
             max_entries,
             ttl: Duration::from_secs_f64(ttl_hours * 3600.0),
             validate_etag,
             profile: s3.profile.clone().unwrap_or_else(|| "default".into()),
-            sweep_interval: Duration::from_secs(60),
             part_size: part_size_mb << 20,
             fill_concurrency,
             read_timeout: Duration::from_secs_f64(read_timeout),
+            ..CacheConfig::at(cache_dir)
         })
     }
 
@@ -748,14 +747,22 @@ impl MountArgs {
         };
         let uid = id(&self.uid, ("uid", "S3CACHEFS_UID"), my_uid)?;
         let gid = id(&self.gid, ("gid", "S3CACHEFS_GID"), my_gid)?;
-        let file_mode = raw.mode(&self.file_mode, ("file_mode", "S3CACHEFS_FILE_MODE"), 0o444)?;
-        let dir_mode = raw.mode(&self.dir_mode, ("dir_mode", "S3CACHEFS_DIR_MODE"), 0o555)?;
+        let file_mode = raw.mode(
+            &self.file_mode,
+            ("file_mode", "S3CACHEFS_FILE_MODE"),
+            crate::fs::DEFAULT_FILE_MODE,
+        )?;
+        let dir_mode = raw.mode(
+            &self.dir_mode,
+            ("dir_mode", "S3CACHEFS_DIR_MODE"),
+            crate::fs::DEFAULT_DIR_MODE,
+        )?;
         let fuse_threads = raw.u64_in(
             &self.fuse_threads,
             ("fuse_threads", "S3CACHEFS_FUSE_THREADS"),
             1..=64,
             "threads",
-            4,
+            crate::fuse::DEFAULT_THREADS as u64,
         )? as usize;
         let readahead_files = raw.u64_in(
             &self.readahead_files,

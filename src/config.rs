@@ -10,12 +10,13 @@ pub use crate::fs::Source;
 use crate::fuse::FuseOptions;
 use crate::store::S3Options;
 
-pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
-pub const DEFAULT_MAX_ENTRIES: u64 = 200;
-pub const DEFAULT_TTL_HOURS: f64 = 24.0;
-pub const DEFAULT_METADATA_TTL_SECS: f64 = 60.0;
-/// Files of a directory fetched ahead of a reader going through it in order.
-pub const DEFAULT_READAHEAD_FILES: usize = 8;
+// The defaults belong to the layers that use the settings; here in the units of the
+// flags.
+pub const DEFAULT_MAX_SIZE_MB: u64 = CacheConfig::DEFAULT_MAX_SIZE_MB;
+pub const DEFAULT_MAX_ENTRIES: u64 = CacheConfig::DEFAULT_MAX_ENTRIES;
+pub const DEFAULT_TTL_HOURS: f64 = CacheConfig::DEFAULT_TTL.as_secs() as f64 / 3600.0;
+pub const DEFAULT_METADATA_TTL_SECS: f64 = crate::fs::DEFAULT_METADATA_TTL.as_secs() as f64;
+pub const DEFAULT_READAHEAD_FILES: usize = crate::fs::DEFAULT_READAHEAD_FILES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {

@@ -601,6 +601,9 @@ impl Unmounter {
     }
 }
 
+/// Threads answering the kernel, unless told otherwise.
+pub const DEFAULT_THREADS: usize = 4;
+
 /// What the kernel side of a mount needs to know.
 #[derive(Debug, Clone)]
 pub struct FuseOptions {

@@ -58,17 +58,11 @@ pub struct Limits {
 /// directory, limits and key profile as a mount with the same settings would use.
 pub fn cache_config(dir: PathBuf, limits: Limits, ttl: Duration, profile: String) -> CacheConfig {
     CacheConfig {
-        enabled: true,
-        dir,
         max_size: limits.max_size,
         max_entries: limits.max_entries,
         ttl,
-        validate_etag: true,
         profile,
-        sweep_interval: Duration::from_secs(60),
-        part_size: CacheConfig::DEFAULT_PART_SIZE,
-        fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
-        read_timeout: CacheConfig::DEFAULT_READ_TIMEOUT,
+        ..CacheConfig::at(dir)
     }
 }
 

@@ -32,9 +32,36 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
+    pub const DEFAULT_MAX_SIZE_MB: u64 = 500;
+    pub const DEFAULT_MAX_ENTRIES: u64 = 200;
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
     pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
     pub const DEFAULT_FILL_CONCURRENCY: usize = 8;
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// A cache in `dir` with every default: the base the settings of a mount, a command
+    /// or a test change what they need of (`CacheConfig { max_entries: 5, ..at(dir) }`).
+    pub fn at(dir: impl Into<PathBuf>) -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            dir: dir.into(),
+            max_size: Self::DEFAULT_MAX_SIZE_MB << 20,
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            ttl: Self::DEFAULT_TTL,
+            validate_etag: true,
+            profile: "default".into(),
+            sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
+            part_size: Self::DEFAULT_PART_SIZE,
+            fill_concurrency: Self::DEFAULT_FILL_CONCURRENCY,
+            read_timeout: Self::DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// The TTL in the index's unit.
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis().min(u64::MAX as u128) as u64
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

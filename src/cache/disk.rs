@@ -122,7 +122,7 @@ impl Disk {
             stats,
             clock,
             profile: cfg.profile.clone(),
-            ttl_ms: cfg.ttl.as_millis().min(u64::MAX as u128) as u64,
+            ttl_ms: cfg.ttl_ms(),
         });
         // Over-limit after a config change (a smaller max size): trim at once.
         disk.trim_to_limits();

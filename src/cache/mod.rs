@@ -335,7 +335,7 @@ impl Cache {
         for _ in 0..2 {
             let cached = disk.index.lock().peek(&k).cloned();
             let Some(entry) = cached else { break };
-            if index::is_expired(&entry, inner.clock.now_ms(), inner.ttl_ms()) {
+            if index::is_expired(&entry, inner.clock.now_ms(), inner.cfg.ttl_ms()) {
                 debug!(url = %s3_url(bucket, key), "cache entry expired");
                 bump(&inner.stats.expirations);
                 disk.remove_entries(&[k]);
@@ -530,10 +530,6 @@ impl Inner {
         VALIDATE_TIMEOUT.min(self.cfg.read_timeout)
     }
 
-    fn ttl_ms(&self) -> u64 {
-        self.cfg.ttl.as_millis().min(u64::MAX as u128) as u64
-    }
-
     fn disk(&self) -> Result<&Arc<Disk>, CacheError> {
         self.disk
             .as_ref()
@@ -548,17 +544,13 @@ mod tests {
 
     fn config(dir: &Path) -> CacheConfig {
         CacheConfig {
-            enabled: true,
-            dir: dir.to_path_buf(),
             max_size: 1 << 20,
             max_entries: 10,
             ttl: Duration::from_secs(3600),
-            validate_etag: true,
-            profile: "default".into(),
             sweep_interval: Duration::from_secs(3600),
-            part_size: CacheConfig::DEFAULT_PART_SIZE,
             fill_concurrency: 4,
             read_timeout: Duration::from_secs(10),
+            ..CacheConfig::at(dir)
         }
     }
 

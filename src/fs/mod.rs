@@ -16,7 +16,8 @@ mod types;
 
 pub use error::FsError;
 pub use types::{
-    Attr, DirEntry, FsConfig, FsStats, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source,
+    Attr, DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, DEFAULT_METADATA_TTL, DEFAULT_READAHEAD_FILES,
+    DirEntry, FsConfig, FsStats, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -259,16 +260,11 @@ mod tests {
         let cache = Cache::open(
             CacheConfig {
                 enabled: cache_dir.is_some(),
-                dir: cache_dir.map_or("/nonexistent".into(), |d| d.to_path_buf()),
                 max_size: 1 << 20,
                 max_entries: 10,
                 ttl: Duration::from_secs(60),
-                validate_etag: true,
-                profile: "default".into(),
-                sweep_interval: Duration::from_secs(60),
-                part_size: CacheConfig::DEFAULT_PART_SIZE,
-                fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
                 read_timeout: Duration::from_secs(30),
+                ..CacheConfig::at(cache_dir.unwrap_or("/nonexistent".as_ref()))
             },
             store,
             Arc::new(SystemClock),

@@ -9,6 +9,14 @@ pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
 pub const STATS_NAME: &str = ".cache-stats";
 
+/// How long a listing or HEAD result is trusted.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
+/// Files of a directory fetched ahead of a reader going through it in order.
+pub const DEFAULT_READAHEAD_FILES: usize = 8;
+/// Permission bits shown for files and directories.
+pub const DEFAULT_FILE_MODE: u16 = 0o444;
+pub const DEFAULT_DIR_MODE: u16 = 0o555;
+
 #[derive(Debug, Clone)]
 pub struct FsConfig {
     pub source: Source,

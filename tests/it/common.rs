@@ -64,17 +64,10 @@ pub fn s3_options(endpoint: &str) -> S3Options {
 
 pub fn cache_config(dir: &Path) -> CacheConfig {
     CacheConfig {
-        enabled: true,
-        dir: dir.to_path_buf(),
         max_size: 64 << 20,
-        max_entries: 200,
-        ttl: Duration::from_secs(24 * 3600),
-        validate_etag: true,
-        profile: "default".into(),
         sweep_interval: Duration::from_secs(3600),
-        part_size: CacheConfig::DEFAULT_PART_SIZE,
-        fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
         read_timeout: Duration::from_secs(30),
+        ..CacheConfig::at(dir)
     }
 }
 

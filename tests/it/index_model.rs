@@ -198,18 +198,13 @@ impl Objects {
 
 fn config(dir: &Path, max_entries: u64, max_size: u64) -> CacheConfig {
     CacheConfig {
-        enabled: true,
-        dir: dir.to_path_buf(),
         max_size,
         max_entries,
         ttl: Duration::from_millis(TTL_MS),
-        validate_etag: true,
-        profile: "default".into(),
         // Never during a case: expiry happens on use and by the explicit Sweep step.
         sweep_interval: Duration::from_secs(3600),
-        part_size: CacheConfig::DEFAULT_PART_SIZE,
-        fill_concurrency: CacheConfig::DEFAULT_FILL_CONCURRENCY,
         read_timeout: Duration::from_secs(10),
+        ..CacheConfig::at(dir)
     }
 }
 
