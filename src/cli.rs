@@ -2,12 +2,10 @@
 //! validated [`Config`] by [`MountArgs::to_config`]. Every setting is a flag and an
 //! environment variable; the flag wins.
 
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Parser, Subcommand};
 
 use crate::admin::Limits;
@@ -20,6 +18,10 @@ use crate::config::{
     DEFAULT_READAHEAD_FILES, DEFAULT_TTL_HOURS, MountSettings, Origin, Source,
 };
 use crate::store::S3Options;
+
+mod raw;
+
+use raw::Raw;
 
 /// The longest `--cache-ttl-hours`: a hundred years, in effect never.
 const MAX_TTL_HOURS: f64 = 24.0 * 365.0 * 100.0;
@@ -515,138 +517,6 @@ pub struct MountArgs {
         help_heading = "Logging"
     )]
     pub log_file: Option<PathBuf>,
-}
-
-/// Turns the raw values of one subcommand into settings. Errors name the flag, the
-/// environment variable or the fstab option the bad value came from, which only the
-/// matches (and whether the command line was translated from an fstab line) know.
-struct Raw<'a> {
-    m: &'a ArgMatches,
-    /// The command line was made from an fstab line's options (see `fstab.rs`).
-    fstab: bool,
-}
-
-impl<'a> Raw<'a> {
-    fn new(m: &'a ArgMatches) -> Raw<'a> {
-        Raw { m, fstab: false }
-    }
-
-    fn on_command_line(&self, id: &str) -> bool {
-        self.m.value_source(id) == Some(ValueSource::CommandLine)
-    }
-
-    /// `id` is clap's name for the argument: its long flag with `_` for `-`, which is
-    /// also its fstab option.
-    fn origin(&self, id: &str, env: &str) -> Origin {
-        match self.m.value_source(id) {
-            Some(ValueSource::EnvVariable) => Origin(env.to_string()),
-            // The bucket is the fstab line's first field.
-            _ if self.fstab && id == "bucket" => Origin("the fstab device field".into()),
-            _ if self.fstab => Origin(id.to_string()),
-            _ => Origin(format!("--{}", id.replace('_', "-"))),
-        }
-    }
-
-    /// A setting as the user wrote it on the command line (or in the fstab options).
-    fn as_written(&self, id: &str, value: Option<&str>) -> String {
-        let name = self.origin(id, "").0;
-        match value {
-            Some(v) if self.fstab => format!("{name}={v}"),
-            Some(v) => format!("{name} {v}"),
-            None => name,
-        }
-    }
-
-    /// A BOOL setting beside the switch that turns it off (`--cache-enabled` and
-    /// `--no-cache`). The switch wins over the environment variable; but the two saying
-    /// opposite things on one command line is a mistake to point out, not to settle
-    /// silently.
-    fn bool_unless_off(
-        &self,
-        value: &Option<String>,
-        names: (&str, &str),
-        off: bool,
-        off_id: &str,
-    ) -> Result<bool, ConfigError> {
-        let on = self.bool(value, names, true)?;
-        if off && on && self.on_command_line(names.0) {
-            return Err(ConfigError::Conflict(
-                self.as_written(off_id, None),
-                self.as_written(names.0, value.as_deref()),
-            ));
-        }
-        Ok(on && !off)
-    }
-
-    /// `stats` and `clear` work on a mount or on a cache directory: given both, which one
-    /// is meant is a guess.
-    fn mountpoint_or_cache_dir(&self, mountpoint: bool) -> Result<(), ConfigError> {
-        if mountpoint && self.on_command_line("cache_dir") {
-            return Err(ConfigError::Conflict(
-                "MOUNTPOINT".into(),
-                self.as_written("cache_dir", None),
-            ));
-        }
-        Ok(())
-    }
-
-    /// `value` parsed by `parse` (told where it came from, for its errors), or `default`.
-    fn or_default<T>(
-        &self,
-        value: &Option<String>,
-        (id, env): (&str, &str),
-        default: T,
-        parse: impl FnOnce(&Origin, &str) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        match value {
-            Some(v) => parse(&self.origin(id, env), v),
-            None => Ok(default),
-        }
-    }
-
-    fn u64_in(
-        &self,
-        value: &Option<String>,
-        names: (&str, &str),
-        range: RangeInclusive<u64>,
-        unit: &str,
-        default: u64,
-    ) -> Result<u64, ConfigError> {
-        self.or_default(value, names, default, |o, v| {
-            config::parse_u64_in(o, v, *range.start(), *range.end(), unit)
-        })
-    }
-
-    fn f64_in(
-        &self,
-        value: &Option<String>,
-        names: (&str, &str),
-        range: RangeInclusive<f64>,
-        unit: &str,
-        default: f64,
-    ) -> Result<f64, ConfigError> {
-        self.or_default(value, names, default, |o, v| {
-            config::parse_f64_in(o, v, *range.start(), *range.end(), unit)
-        })
-    }
-
-    fn bool(
-        &self,
-        value: &Option<String>,
-        names: (&str, &str),
-        default: bool,
-    ) -> Result<bool, ConfigError> {
-        self.or_default(value, names, default, config::parse_bool)
-    }
-
-    fn mode(
-        &self,
-        value: &Option<String>,
-        names: (&str, &str),
-        default: u16,
-    ) -> Result<u16, ConfigError> {
-        self.or_default(value, names, default, config::parse_mode)
-    }
 }
 
 impl MountArgs {
