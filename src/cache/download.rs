@@ -185,7 +185,7 @@ impl Inner {
                 stats: self.stats.clone(),
             },
         );
-        fill.ahead_of_use = !may_evict;
+        fill.read_ahead = !may_evict;
         let fill = Arc::new(fill);
         if body.is_some() {
             fill.mark_first_in_flight();

@@ -79,7 +79,7 @@ pub(crate) struct Fill {
     pub tmp_name: String,
     /// Started by directory read-ahead: its version was learned by its own first GET,
     /// moments before the open that joins it.
-    pub ahead_of_use: bool,
+    pub read_ahead: bool,
     part_size: u64,
     state: Mutex<State>,
     progress: watch::Sender<u64>,
@@ -111,7 +111,7 @@ impl Fill {
             size,
             file: Mutex::new(Some(Arc::new(file))),
             tmp_name,
-            ahead_of_use: false,
+            read_ahead: false,
             part_size,
             state: Mutex::new(State {
                 landed: RangeSet::default(),

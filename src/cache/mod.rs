@@ -253,7 +253,7 @@ impl Cache {
         Ok(match latest.clone() {
             Some(m) => m,
             // A download ahead of use learned its version moments ago.
-            None if fill.ahead_of_use => ObjectMeta {
+            None if fill.read_ahead => ObjectMeta {
                 etag: Some(fill.etag.clone()),
                 ..ObjectMeta::default()
             },
@@ -279,7 +279,7 @@ impl Cache {
     /// on its way already, or there is no room for it without evicting anything (a guess
     /// must not push out what was used). `size` is what the listing said. Returns the
     /// version and size when a download started; its opens will join it.
-    pub async fn prefetch(
+    pub async fn read_ahead(
         &self,
         bucket: &str,
         key: &str,

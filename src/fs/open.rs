@@ -228,7 +228,7 @@ impl S3Fs {
             tokio::spawn(async move {
                 match fs
                     .cache
-                    .prefetch(&bucket, &key, meta.size, Some(meta))
+                    .read_ahead(&bucket, &key, meta.size, Some(meta))
                     .await
                 {
                     Ok(Some((etag, size))) => {
