@@ -711,6 +711,28 @@ mod tests {
         assert_eq!(cfg.mount.dir_mode, 0o555);
     }
 
+    /// Raw's messages name the flag a bad value came from: every flag with a default
+    /// in `--help` is given garbage, and the error must say which flag it was.
+    #[test]
+    fn a_bad_value_is_reported_under_its_own_flag() {
+        let cli = Cli::command();
+        let mount = cli.find_subcommand("mount").expect("mount subcommand");
+        let mut checked = 0;
+        for arg in mount.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if !help.contains("[default: ") || ["cache-dir", "log-file"].contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            let err = parse(&["s3cachefs", "mount", "/mnt", &flag, "garbage"])
+                .expect_err("garbage is refused");
+            assert!(err.to_string().contains(&flag), "{flag}: {err}");
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} flags checked");
+    }
+
     /// The README's configuration table is the users' reference: every `mount` flag is
     /// in it, on a row naming the flag's environment variable and, where `--help` gives
     /// one, its default. (The fstab option list is checked the same way in fstab.rs.)

@@ -26,9 +26,10 @@ use super::db::{Batch, EntryRow, IndexDb};
 use super::fill::{self, Checksums, Fill, FillFailure};
 use super::handle::CachedFile;
 use super::index::{Entry, Index, NoRoom};
-use super::key::{CacheKey, s3_url};
+use super::key::CacheKey;
 use super::layout::{Layout, Stamp};
 use super::stats::{Stats, add, bump};
+use crate::store::s3_url;
 use reconcile::{open_index, reconcile};
 
 pub(super) type Flight = Shared<BoxFuture<'static, Result<Arc<Fill>, Arc<CacheError>>>>;

@@ -12,9 +12,10 @@ use tracing::warn;
 use super::config::CacheError;
 use super::disk::{Flight, Pending};
 use super::fill::{Checksums, Fill, FillCtx, FillFailure};
-use super::key::{CacheKey, s3_url};
+use super::key::CacheKey;
 use super::stats::bump;
 use super::{Cache, Inner};
+use crate::store::s3_url;
 use crate::store::{ByteStream, ObjectMeta, StoreError};
 
 /// How [`Cache::fill_or_join`] found the object's download.

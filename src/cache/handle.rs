@@ -17,8 +17,9 @@ use super::config::CacheError;
 use super::db::BLOCK_SIZE;
 use super::direct::DirectReader;
 use super::fill::{self, Fill};
-use super::key::{CacheKey, s3_url};
+use super::key::CacheKey;
 use super::stats::add;
+use crate::store::s3_url;
 
 /// An open object: either a local file holding exactly the version `etag`, or a direct
 /// line to S3 (cache off, object too large, cache unusable).

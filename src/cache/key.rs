@@ -1,6 +1,7 @@
 //! The cache key, `SHA-256("s3://bucket/key" + "|" + profile)` in lowercase hex: a
 //! contract (`../shared/DESIGN.md`, beside this repository, and the README).
 
+use crate::store::s3_url;
 use sha2::{Digest, Sha256};
 
 /// Kept as raw bytes in memory (32 bytes instead of a 64-byte string per entry).
@@ -41,10 +42,6 @@ impl std::fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CacheKey({})", &self.hex()[..12])
     }
-}
-
-pub fn s3_url(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
 }
 
 #[cfg(test)]

@@ -36,12 +36,13 @@ mod layout;
 mod ranges;
 mod stats;
 
+pub use crate::store::s3_url;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CacheConfig, CacheError};
 pub use db::{DbError, EntryRow};
 pub use handle::{ObjectHandle, Outcome};
 pub use index::{Entry, Index, NoRoom, TooLarge};
-pub use key::{CacheKey, s3_url};
+pub use key::CacheKey;
 pub use layout::{INDEX_FILE, LayoutError, check_dir, open_private_append};
 pub(crate) use stats::Stats;
 pub use stats::StatsSnapshot;

@@ -90,6 +90,11 @@ pub struct Listing {
     pub prefixes: Vec<String>,
 }
 
+/// How an object is named in messages and logs: `s3://bucket/key`.
+pub fn s3_url(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
 pub type ByteStream = Pin<Box<dyn Stream<Item = StoreResult<Bytes>> + Send>>;
 
 /// The answer to a (ranged) GET: the version it came from and the body, streamed.

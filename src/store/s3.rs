@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::breaker::{Breaker, PROBE_INTERVAL, PROBE_TIMEOUT};
-use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult, s3_url};
 
 /// How to reach the store. Everything optional falls back to the SDK's normal chain
 /// (environment, `~/.aws/config`, instance metadata).
@@ -275,10 +275,6 @@ fn backoff(attempt: u32, throttled: bool) -> Duration {
     Duration::from_millis(cap / 2 + rand::random::<u64>() % (cap / 2 + 1))
 }
 
-fn what(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
-}
-
 /// One place that turns SDK errors into the store's small enum, with a message of one
 /// line: what the server or the network said. The SDK's full error (which can run to a
 /// kilobyte of debug output) goes to the debug log only. No request headers reach either,
@@ -468,7 +464,7 @@ impl ObjectStore for S3Store {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> StoreResult<Listing> {
-        let target = what(bucket, prefix);
+        let target = s3_url(bucket, prefix);
         let mut out = Listing::default();
         let mut token: Option<String> = None;
         loop {
@@ -539,7 +535,7 @@ impl ObjectStore for S3Store {
         key: &str,
         within: Duration,
     ) -> StoreResult<ObjectMeta> {
-        let target = what(bucket, key);
+        let target = s3_url(bucket, key);
         let out = self
             .call_within(&target, Some(bucket), within, || async {
                 self.client
@@ -570,7 +566,7 @@ impl ObjectStore for S3Store {
         range: Option<Range<u64>>,
         if_match: Option<&str>,
     ) -> StoreResult<GetObject> {
-        let target = what(bucket, key);
+        let target = s3_url(bucket, key);
         if let Some(r) = &range
             && r.start >= r.end
         {
