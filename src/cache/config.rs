@@ -58,6 +58,15 @@ impl CacheConfig {
         }
     }
 
+    /// Longest S3 is waited for when a known answer can be served instead: the ETag
+    /// check of a cached copy (or of a download under way), or listing again a directory
+    /// listed before.
+    pub fn check_within(&self) -> Duration {
+        Self::CHECK_TIMEOUT.min(self.read_timeout)
+    }
+
+    const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
     /// The TTL in the index's unit.
     pub(crate) fn ttl_ms(&self) -> u64 {
         self.ttl.as_millis().min(u64::MAX as u128) as u64

@@ -49,7 +49,6 @@ pub use stats::StatsSnapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::{debug, warn};
 
@@ -262,7 +261,7 @@ impl Cache {
                 bump(&inner.stats.etag_validations);
                 match inner
                     .store
-                    .head_within(bucket, key, inner.validate_within())
+                    .head_within(bucket, key, inner.cfg.check_within())
                     .await
                 {
                     Ok(m) => m,
@@ -350,7 +349,7 @@ impl Cache {
                         bump(&inner.stats.etag_validations);
                         inner
                             .store
-                            .head_within(bucket, key, inner.validate_within())
+                            .head_within(bucket, key, inner.cfg.check_within())
                             .await
                     }
                 };
@@ -522,15 +521,7 @@ impl Cache {
     }
 }
 
-/// Longest an open waits for S3 to confirm a cached copy (or a download under way) is
-/// current before serving it anyway (stale-if-error).
-const VALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Inner {
-    fn validate_within(&self) -> Duration {
-        VALIDATE_TIMEOUT.min(self.cfg.read_timeout)
-    }
-
     fn disk(&self) -> Result<&Arc<Disk>, CacheError> {
         self.disk
             .as_ref()
@@ -542,6 +533,7 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+    use std::time::Duration;
 
     fn config(dir: &Path) -> CacheConfig {
         CacheConfig {

@@ -123,6 +123,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
 
     async fn list_buckets(&self) -> StoreResult<Vec<String>>;
+    /// [`ObjectStore::list_buckets`] whose every page gives up after `within` (see
+    /// [`ObjectStore::list_within`]).
+    async fn list_buckets_within(&self, within: std::time::Duration) -> StoreResult<Vec<String>> {
+        match tokio::time::timeout(within, self.list_buckets()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::NoAnswer(format!(
+                "ListBuckets: no answer within {within:?}"
+            ))),
+        }
+    }
     /// Succeeds when the bucket exists and the credentials may use it.
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()>;
     /// Every page of ListObjectsV2 under `prefix`, merged.
@@ -132,6 +142,23 @@ pub trait ObjectStore: Send + Sync + 'static {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> StoreResult<Listing>;
+    /// A LIST whose every page gives up after `within` (a [`StoreError::NoAnswer`]
+    /// then): for listing again a directory whose last listing can be served if S3 does
+    /// not answer quickly.
+    async fn list_within(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        within: std::time::Duration,
+    ) -> StoreResult<Listing> {
+        match tokio::time::timeout(within, self.list(bucket, prefix, delimiter)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::NoAnswer(format!(
+                "s3://{bucket}/{prefix}: no answer within {within:?}"
+            ))),
+        }
+    }
     async fn head(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta>;
     /// A HEAD that gives up after `within` (a transient error then): for checking a
     /// cached copy, which can be served if S3 does not answer quickly.

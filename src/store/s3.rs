@@ -419,11 +419,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        self.list_buckets_within(self.request_timeout).await
+    }
+
+    async fn list_buckets_within(&self, within: Duration) -> StoreResult<Vec<String>> {
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call("ListBuckets", None, || async {
+                .call_within("ListBuckets", None, within, || async {
                     self.client
                         .list_buckets()
                         .set_continuation_token(token.clone())
@@ -464,12 +468,23 @@ impl ObjectStore for S3Store {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> StoreResult<Listing> {
+        self.list_within(bucket, prefix, delimiter, self.request_timeout)
+            .await
+    }
+
+    async fn list_within(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        within: Duration,
+    ) -> StoreResult<Listing> {
         let target = s3_url(bucket, prefix);
         let mut out = Listing::default();
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call(&target, Some(bucket), || async {
+                .call_within(&target, Some(bucket), within, || async {
                     let mut req = self
                         .client
                         .list_objects_v2()

@@ -286,3 +286,39 @@ fn every_start_removes_strays_and_a_stop_leaves_no_half_download() {
     assert_eq!(std::fs::read(m.p("bkt/small")).expect("read"), b"small");
     assert_eq!(stat_u64(&m, "hits"), 1, "{}", m.stats());
 }
+
+/// S3 stops answering (connections accepted, nothing said): a cached file and a listed
+/// directory answer within the 5 s a known answer waits for S3, not the read timeout.
+#[test]
+fn with_s3_silent_a_cached_file_and_a_listed_directory_answer_within_5_s() {
+    let env = Env::new();
+    let data = pattern(4, 100_000);
+    env.server.put("bkt", "dir/a", data.clone());
+    env.server.put("bkt", "dir/b", "bee");
+    let m = Mount::start(
+        &env,
+        &[
+            "--metadata-ttl",
+            "1",
+            "--read-timeout",
+            "30",
+            "--readahead-files",
+            "0",
+        ],
+    );
+    assert!(std::fs::read(m.p("bkt/dir/a")).expect("read") == data);
+    let listed = ls_l(&m.p("bkt/dir")).expect("ls -l");
+    wait_settled(&m);
+    env.server.faults.frozen.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1200)); // the listing and the ETag go stale
+    let bound = Duration::from_secs(7); // 5 s, and room for a loaded machine
+    let t = Instant::now();
+    let got = std::fs::read(m.p("bkt/dir/a"));
+    let took = t.elapsed();
+    assert!(got.expect("the cached copy") == data);
+    assert!(took < bound, "cached cat took {took:?}");
+    let t = Instant::now();
+    assert_eq!(ls_l(&m.p("bkt/dir")).expect("the last listing"), listed);
+    assert!(t.elapsed() < bound, "ls -l took {:?}", t.elapsed());
+    env.server.faults.frozen.store(false, Ordering::SeqCst);
+}
