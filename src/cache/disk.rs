@@ -20,10 +20,11 @@ use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use super::checksum::{self, Checksums};
 use super::clock::Clock;
 use super::config::{CacheConfig, CacheError};
 use super::db::{Batch, EntryRow, IndexDb};
-use super::fill::{self, Checksums, Fill, FillFailure};
+use super::fill::{Fill, FillFailure};
 use super::handle::CachedFile;
 use super::index::{Entry, Index, NoRoom};
 use super::key::CacheKey;
@@ -190,7 +191,7 @@ impl Disk {
             let row = self.db.row(k).ok().flatten();
             let want = row.as_ref().map(|r| r.blocks.clone()).unwrap_or_default();
             let (f, size) = (file.clone(), entry.size);
-            let sums = tokio::task::spawn_blocking(move || fill::checksum_file(&f, size).ok())
+            let sums = tokio::task::spawn_blocking(move || checksum::checksum_file(&f, size).ok())
                 .await
                 .ok()
                 .flatten();

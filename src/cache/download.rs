@@ -9,9 +9,10 @@ use std::time::Duration;
 use futures::future::FutureExt;
 use tracing::warn;
 
+use super::checksum::Checksums;
 use super::config::CacheError;
 use super::disk::{Flight, Pending};
-use super::fill::{Checksums, Fill, FillCtx, FillFailure};
+use super::fill::{Fill, FillCtx, FillFailure};
 use super::key::CacheKey;
 use super::stats::bump;
 use super::{Cache, Inner};

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tracing::debug;
 
 use super::Inner;
+use super::checksum;
 use super::config::CacheError;
 use super::db::BLOCK_SIZE;
 use super::direct::DirectReader;
@@ -102,7 +103,7 @@ impl CachedFile {
                 return Ok(false);
             };
             let data = fill::pread(&self.file, b as u64 * BLOCK_SIZE, BLOCK_SIZE as usize)?;
-            if fill::block_crc(&data) != *want {
+            if checksum::block_crc(&data) != *want {
                 return Ok(false);
             }
             if let Some(c) = self.checked.lock().get_mut(b) {

@@ -21,6 +21,7 @@
 //! - `key.rs`, `clock.rs`, `ranges.rs`, `stats.rs`: cache keys, time, byte ranges, the
 //!   counters behind `.cache-stats`. `inspect.rs`: a cache directory no mount has open.
 
+mod checksum;
 mod clock;
 mod config;
 pub mod db;
