@@ -31,6 +31,22 @@ pub fn bin() -> Command {
     c
 }
 
+/// `s3cachefs mount MOUNTPOINT` against the env's server with `cache_dir` (in the
+/// background unless `--foreground` is added).
+pub fn mount_cmd(env: &Env, mountpoint: &Path, cache_dir: &Path) -> Command {
+    let mut c = bin();
+    c.arg("mount")
+        .arg(mountpoint)
+        .args([
+            "--endpoint-url",
+            &env.server.endpoint(),
+            "--force-path-style",
+        ])
+        .arg("--cache-dir")
+        .arg(cache_dir);
+    c
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let (Ok(m), Some(Ok(p))) = (
         std::fs::metadata(path),
@@ -65,17 +81,8 @@ impl Mount {
     fn start_full(env: &Env, cache_dir: &Path, extra: &[&str], log: Stdio) -> Mount {
         let path = env.tmp.path().join("mnt");
         std::fs::create_dir_all(&path).expect("mountpoint");
-        let mut cmd = bin();
-        cmd.arg("mount")
-            .arg(&path)
-            .arg("--foreground")
-            .args([
-                "--endpoint-url",
-                &env.server.endpoint(),
-                "--force-path-style",
-            ])
-            .arg("--cache-dir")
-            .arg(cache_dir)
+        let mut cmd = mount_cmd(env, &path, cache_dir);
+        cmd.arg("--foreground")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log);
@@ -497,18 +504,8 @@ fn background_mount_returns_when_live_and_unmount_takes_it_down() {
     env.server.put("bkt", "bg", "background");
     let mp = env.tmp.path().join("bgmnt");
     std::fs::create_dir_all(&mp).expect("mkdir");
-    let out = bin()
-        .arg("mount")
-        .arg(&mp)
-        .args([
-            "--endpoint-url",
-            &env.server.endpoint(),
-            "--force-path-style",
-            "--bucket",
-            "bkt",
-        ])
-        .arg("--cache-dir")
-        .arg(env.cache_dir())
+    let out = mount_cmd(&env, &mp, &env.cache_dir())
+        .args(["--bucket", "bkt"])
         .output()
         .expect("run");
     let guard = scopeguard(&mp);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{Env, pattern};
-use crate::mount::{Mount, bin, stat_u64, wait_settled, wait_until};
+use crate::mount::{Mount, bin, mount_cmd, stat_u64, wait_settled, wait_until};
 use crate::s3server::Kind;
 use crate::trust::cached_files;
 
@@ -128,17 +128,8 @@ fn mount_gives_up_on_an_endpoint_that_never_answers_within_15_s() {
     let mp = env.tmp.path().join("mnt");
     std::fs::create_dir_all(&mp).expect("mountpoint");
     let t = Instant::now();
-    let out = bin()
-        .arg("mount")
-        .arg(&mp)
+    let out = mount_cmd(&env, &mp, &env.cache_dir())
         .arg("--foreground")
-        .args([
-            "--endpoint-url",
-            &env.server.endpoint(),
-            "--force-path-style",
-        ])
-        .arg("--cache-dir")
-        .arg(env.cache_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run mount");

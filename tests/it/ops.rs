@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Env, pattern};
-use crate::mount::{Mount, bin, is_mounted};
+use crate::mount::{Mount, bin, is_mounted, mount_cmd};
 
 /// Runs `s3cachefs ARGS` to completion.
 fn run(args: &[&str], extra: &[&Path]) -> Output {
@@ -735,16 +735,7 @@ fn mounting_over_a_non_empty_directory_warns_naming_it() {
     std::fs::write(bg.join("left-behind.txt"), "mine").expect("write");
     let _guard = Unmount(bg.clone());
     let mount_bg = || {
-        bin()
-            .arg("mount")
-            .arg(&bg)
-            .args([
-                "--endpoint-url",
-                &env.server.endpoint(),
-                "--force-path-style",
-            ])
-            .arg("--cache-dir")
-            .arg(env.cache_dir())
+        mount_cmd(&env, &bg, &env.cache_dir())
             .output()
             .expect("run")
     };

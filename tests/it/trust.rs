@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{Env, pattern};
-use crate::mount::{Mount, bin, is_mounted, stat_u64, wait_settled, wait_until};
+use crate::mount::{Mount, bin, is_mounted, mount_cmd, stat_u64, wait_settled, wait_until};
 
 /// Regular files in the shard folders of a cache dir (the cached objects), with sizes.
 pub fn cached_files(cache_dir: &Path) -> Vec<(PathBuf, u64)> {
@@ -92,16 +92,7 @@ impl Victims {
 fn mount_refused(env: &Env, cache: &Path, extra: &[&str]) -> (i32, String) {
     let mp = env.tmp.path().join("mnt");
     std::fs::create_dir_all(&mp).expect("mountpoint");
-    let out = bin()
-        .arg("mount")
-        .arg(&mp)
-        .args([
-            "--endpoint-url",
-            &env.server.endpoint(),
-            "--force-path-style",
-        ])
-        .arg("--cache-dir")
-        .arg(cache)
+    let out = mount_cmd(env, &mp, cache)
         .args(extra)
         .stdin(Stdio::null())
         .output()
