@@ -49,7 +49,11 @@ impl S3Fs {
         // With a last listing to fall back on, S3 gets a few seconds per page, as the ETag
         // check of a cached file does, not the whole read timeout: an `ls` or the lookup
         // before a cached `cat` answers soon when S3 has stopped answering.
-        let within = last.as_ref().map(|_| self.cache.config().check_within());
+        let cfg = self.cache.config();
+        let within = match last {
+            Some(_) => cfg.check_within(),
+            None => cfg.read_timeout,
+        };
         match (self.list_from_s3(dir, bucket, prefix, within).await, last) {
             (Ok(entries), _) => Ok(entries),
             (Err(e), Some(last)) if e.is_transient() => {
@@ -73,18 +77,14 @@ impl S3Fs {
         dir: u64,
         bucket: Option<String>,
         prefix: String,
-        within: Option<std::time::Duration>,
+        within: std::time::Duration,
     ) -> Result<Arc<Vec<DirEntry>>, StoreError> {
         let fetched_at = Instant::now();
         let (dirs, files) = match &bucket {
-            None => {
-                let store = self.cache.store();
-                let buckets = match within {
-                    Some(w) => store.list_buckets_within(w).await?,
-                    None => store.list_buckets().await?,
-                };
-                (buckets, Vec::new())
-            }
+            None => (
+                self.cache.store().list_buckets_within(within).await?,
+                Vec::new(),
+            ),
             Some(b) => self.names_under(dir, b, &prefix, within).await?,
         };
         let entries = {
@@ -131,13 +131,13 @@ impl S3Fs {
         dir: u64,
         b: &str,
         prefix: &str,
-        within: Option<std::time::Duration>,
+        within: std::time::Duration,
     ) -> Result<(Vec<String>, Vec<(String, ObjectMeta)>), StoreError> {
-        let store = self.cache.store();
-        let listing = match within {
-            Some(w) => store.list_within(b, prefix, Some("/"), w).await?,
-            None => store.list(b, prefix, Some("/")).await?,
-        };
+        let listing = self
+            .cache
+            .store()
+            .list_within(b, prefix, Some("/"), within)
+            .await?;
         let mut dirs = Vec::new();
         for p in listing.prefixes {
             let name = p.strip_prefix(prefix).unwrap_or(&p);
