@@ -300,7 +300,7 @@ async fn url_group(
                 group
                     .jobs
                     .extend(objects.into_iter().map(|(key, size)| Job {
-                        label: format!("s3://{bucket}/{key}"),
+                        label: crate::store::s3_url(&bucket, &key),
                         size,
                         kind: JobKind::Object {
                             bucket: bucket.clone(),

@@ -120,7 +120,7 @@ impl DirectReader {
                 return Err(failure);
             }
             resumes += 1;
-            debug!(url = %format!("s3://{}/{}", self.bucket, self.key), pos, error = %failure,
+            debug!(url = %crate::store::s3_url(&self.bucket, &self.key), pos, error = %failure,
                 "body cut off; resuming");
         }
         let out = copy_out(&w, offset, end);

@@ -50,7 +50,7 @@ impl MemoryStore {
             .lock()
             .get(&(bucket.into(), key.into()))
             .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("s3://{bucket}/{key}")))
+            .ok_or_else(|| StoreError::NotFound(super::s3_url(bucket, key)))
     }
 }
 
