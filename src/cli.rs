@@ -20,8 +20,10 @@ use crate::config::{
 use crate::store::S3Options;
 
 mod raw;
+mod shared;
 
 use raw::Raw;
+use shared::SharedArgs;
 
 /// The longest `--cache-ttl-hours`: a hundred years, in effect never.
 const MAX_TTL_HOURS: f64 = 24.0 * 365.0 * 100.0;
@@ -446,6 +448,9 @@ pub struct MountArgs {
     )]
     pub metadata_ttl: Option<String>,
 
+    #[command(flatten, next_help_heading = "Shared cache tier")]
+    pub shared: SharedArgs,
+
     /// Stay attached to the terminal (default: return once the mount is live)
     #[arg(short, long, env = "S3CACHEFS_FOREGROUND", help_heading = "Mount", value_parser = BoolishValueParser::new())]
     pub foreground: bool,
@@ -532,6 +537,7 @@ impl MountArgs {
         Ok(Config {
             mount: self.mount_settings(&raw)?,
             cache: self.cache_config(&raw, &s3)?,
+            shared: self.shared.to_settings(&raw, &s3)?,
             s3,
         })
     }

@@ -72,6 +72,21 @@ pub struct Config {
     pub mount: MountSettings,
     pub s3: S3Options,
     pub cache: CacheConfig,
+    /// The shared cache tier, when one is given.
+    pub shared: Option<SharedSettings>,
+}
+
+/// The shared cache tier: where it is, how to reach it, how this mount uses it.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    /// The tier's endpoint, region and profile (each the origin's unless given).
+    pub s3: S3Options,
+    /// Bytes; larger objects do not go through the tier.
+    pub max_object_size: Option<u64>,
+    pub read_only: bool,
 }
 
 /// Names a setting for error messages: the flag or the environment variable the value

@@ -59,10 +59,17 @@ impl Readiness {
         )
     }
 
-    pub fn report<E: std::fmt::Display>(&mut self, r: &Result<(), E>) {
+    /// `Ok` carries the warnings the user should see, one per line after `READY`.
+    pub fn report<E: std::fmt::Display>(&mut self, r: &Result<Vec<String>, E>) {
         if let Some(mut p) = self.0.take() {
             let msg = match r {
-                Ok(()) => "READY\n".to_string(),
+                Ok(warnings) => {
+                    let mut m = "READY\n".to_string();
+                    for w in warnings {
+                        m.push_str(&format!("WARN {}\n", w.replace('\n', " ")));
+                    }
+                    m
+                }
                 Err(e) => format!("ERROR {e}\n"),
             };
             let _ = p.write_all(msg.as_bytes());
@@ -128,6 +135,9 @@ pub fn spawn_background(cfg: &Config, args: &[OsString]) -> Result<(), DaemonErr
         println!("s3cachefs: mounted at {mp} (logs: {})", log.display());
         if let Some(hidden) = hidden {
             eprintln!("s3cachefs: warning: {hidden}");
+        }
+        for w in said.lines().filter_map(|l| l.strip_prefix("WARN ")) {
+            eprintln!("s3cachefs: warning: {w}");
         }
         return Ok(());
     }

@@ -64,6 +64,16 @@ const OPTIONS: &[(&str, Arg, &str)] = &[
     ("read_timeout", Arg::Value, "--read-timeout"),
     ("passthrough", Arg::Value, "--passthrough"),
     ("log_file", Arg::Value, "--log-file"),
+    ("shared_cache", Arg::Value, "--shared-cache"),
+    ("shared_endpoint_url", Arg::Value, "--shared-endpoint-url"),
+    ("shared_region", Arg::Value, "--shared-region"),
+    ("shared_profile", Arg::Value, "--shared-profile"),
+    (
+        "shared_max_object_size_mb",
+        Arg::Value,
+        "--shared-max-object-size-mb",
+    ),
+    ("shared_read_only", Arg::Flag, "--shared-read-only"),
     ("verbose", Arg::Flag, "-v"),
 ];
 

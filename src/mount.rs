@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::cache::shared::{self, SharedConfig, SharedTier};
 use crate::cache::{Cache, CacheError, SystemClock};
-use crate::config::{Config, Source};
+use crate::config::{Config, SharedSettings, Source};
 use crate::control::{self, ControlServer};
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse;
@@ -104,9 +105,14 @@ fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
     })
 }
 
+/// What a mount tells whoever waits for it, once: `Ok` with the warnings the user should
+/// see (a shared tier that cannot be used) when the mount is live, or the error that
+/// stopped it.
+pub type Ready = Result<Vec<String>, String>;
+
 /// Mounts according to `cfg` and serves until unmounted or SIGINT/SIGTERM. `ready` is
-/// called once: with `Ok` when the mount is live, or with the error that stopped it.
-pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+/// called once (see [`Ready`]).
+pub fn run(cfg: Config, ready: impl FnOnce(Ready)) -> Result<(), MountError> {
     // No wait on S3 may outlast the read timeout, whatever the retry settings.
     let s3 = S3Options {
         request_timeout: cfg.cache.read_timeout,
@@ -125,14 +131,14 @@ pub fn serve<S, F>(
     cfg: Config,
     store: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(Result<(), String>),
+    ready: impl FnOnce(Ready),
 ) -> Result<(), MountError>
 where
     S: FnOnce(&tokio::runtime::Runtime) -> F,
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
     let mut ready = Some(ready);
-    let mut tell = |r: Result<(), String>| {
+    let mut tell = |r: Ready| {
         if let Some(f) = ready.take() {
             f(r);
         }
@@ -163,7 +169,7 @@ fn serve_inner<S, F>(
     cfg: Config,
     store: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    tell: &mut impl FnMut(Result<(), String>),
+    tell: &mut impl FnMut(Ready),
 ) -> Result<(), MountError>
 where
     S: FnOnce(&tokio::runtime::Runtime) -> F,
@@ -179,7 +185,7 @@ where
         .build()
         .map_err(MountError::Runtime)?;
     let store = rt.block_on(store(&rt));
-    let (fs, cache) = rt.block_on(prepare(&cfg, store))?;
+    let (fs, cache, warnings) = rt.block_on(prepare(&cfg, store))?;
     let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
     rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
@@ -196,7 +202,7 @@ where
             warn!(error = %e, "unmount failed");
         }
     });
-    tell(Ok(()));
+    tell(Ok(warnings));
     let served = mounted.run();
     // Nothing may ask the cache for anything once it is closed.
     drop(control);
@@ -303,13 +309,24 @@ async fn check_access(store: &dyn ObjectStore, cfg: &Config) -> Result<(), Mount
     }
 }
 
+/// Reaches S3 (and the shared tier, at the same time), opens the cache, makes the
+/// filesystem. Returns the warnings the user should see.
 async fn prepare(
     cfg: &Config,
     store: Arc<dyn ObjectStore>,
-) -> Result<(Arc<S3Fs>, Cache), MountError> {
+) -> Result<(Arc<S3Fs>, Cache, Vec<String>), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
-    check_access(store.as_ref(), cfg).await?;
-    let cache = Cache::open(cfg.cache.clone(), store, Arc::new(SystemClock))?;
+    let (access, shared) = tokio::join!(
+        check_access(store.as_ref(), cfg),
+        start_shared(
+            cfg.shared.as_ref(),
+            cfg.s3.endpoint_url.as_deref(),
+            cfg.cache.enabled
+        )
+    );
+    access?;
+    let (shared, warnings) = shared;
+    let cache = Cache::open_tiered(cfg.cache.clone(), store, shared, Arc::new(SystemClock))?;
     let c = &cfg.cache;
     info!(
         mountpoint = %cfg.mount.mountpoint.display(),
@@ -353,5 +370,67 @@ async fn prepare(
     {
         debug!("root listing still under way; mounting without waiting for it");
     }
-    Ok((fs, cache))
+    Ok((fs, cache, warnings))
 }
+
+/// Longest the start-up probe of the shared tier may take.
+const SHARED_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the shared tier and probes it. A tier that cannot be used is a warning, not an
+/// error: the mount works without it.
+async fn start_shared(
+    s: Option<&SharedSettings>,
+    origin_endpoint: Option<&str>,
+    cache_enabled: bool,
+) -> (Option<Arc<SharedTier>>, Vec<String>) {
+    let Some(s) = s else {
+        return (None, Vec::new());
+    };
+    let url = crate::store::s3_url(&s.bucket, &s.prefix);
+    if !cache_enabled {
+        let w = format!("the shared cache tier {url} is not used: the local cache is off");
+        warn!("{w}");
+        return (None, vec![w]);
+    }
+    // Reads give up quickly (the origin is there); uploads take their time.
+    let reader = S3Options {
+        max_attempts: 2,
+        connect_timeout: shared::WAIT,
+        attempt_timeout: shared::WAIT,
+        request_timeout: shared::WAIT,
+        ..s.s3.clone()
+    };
+    let tier = SharedTier::start(
+        SharedConfig {
+            bucket: s.bucket.clone(),
+            prefix: s.prefix.clone(),
+            origin: origin_endpoint.unwrap_or(AWS_ORIGIN).to_string(),
+            max_object_size: s.max_object_size,
+            read_only: s.read_only,
+        },
+        Arc::new(S3Store::new(&reader).await),
+        Arc::new(S3Store::new(&s.s3).await),
+    );
+    match tier.probe(SHARED_PROBE_TIMEOUT).await {
+        Ok(()) => {
+            info!(tier = %url, state = tier.state(), "shared cache tier in use");
+            (Some(tier), Vec::new())
+        }
+        Err(e) => {
+            let w = format!(
+                "the shared cache tier {url} cannot be used ({e}); mounted without it. Check \
+                 --shared-cache, --shared-endpoint-url and the credentials' rights on the bucket{}",
+                if s.read_only {
+                    " (read-only: list)"
+                } else {
+                    " (read-write: put, get, delete)"
+                }
+            );
+            warn!("{w}");
+            (Some(tier), vec![w])
+        }
+    }
+}
+
+/// How block keys name the origin when it is AWS S3 itself (no --endpoint-url).
+const AWS_ORIGIN: &str = "https://s3.amazonaws.com";

@@ -12,12 +12,13 @@ use tracing::warn;
 use super::checksum::Checksums;
 use super::config::CacheError;
 use super::disk::{Flight, Pending};
-use super::fill::{Fill, FillCtx, FillFailure};
+use super::fill::{Blocks, Fill, FillCtx, FillFailure, First};
 use super::key::CacheKey;
+use super::shared::block::Version;
 use super::stats::bump;
 use super::{Cache, Inner};
 use crate::store::s3_url;
-use crate::store::{ByteStream, ObjectMeta, StoreError};
+use crate::store::{ObjectMeta, StoreError};
 
 /// How [`Cache::fill_or_join`] found the object's download.
 pub(super) enum Download {
@@ -146,7 +147,7 @@ impl Inner {
     ) -> Result<Arc<Fill>, CacheError> {
         let disk = self.disk()?;
         let part = self.cfg.part_size.max(64 * 1024);
-        let (etag, size, body) = self.first_part(bucket, key, part, known).await?;
+        let (etag, size, first) = self.first_part(bucket, key, part, known).await?;
         match disk.reserve_room(&k, size, may_evict) {
             Err(CacheError::Full(_)) if !disk.pending.lock().is_empty() => {
                 // Room held by complete downloads awaiting their group commit: commit
@@ -188,8 +189,9 @@ impl Inner {
             },
         );
         fill.read_ahead = !may_evict;
+        fill.blocks = self.blocks_of(bucket, key, &etag, size, part);
         let fill = Arc::new(fill);
-        if body.is_some() {
+        if first.is_some() {
             fill.mark_first_in_flight();
         }
         self.stats
@@ -197,22 +199,52 @@ impl Inner {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (me, f) = (self.clone(), fill.clone());
         tokio::spawn(async move {
-            let result = f.run(me.cfg.fill_concurrency, body).await;
+            let result = f.run(me.cfg.fill_concurrency, first).await;
             me.finish_fill(&f, result);
         });
         Ok(fill)
     }
 
+    /// The shared tier's name for this object version, when the tier takes it.
+    fn blocks_of(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        size: u64,
+        part: u64,
+    ) -> Option<Blocks> {
+        let tier = self
+            .shared
+            .as_ref()
+            .filter(|t| t.takes(size) && !etag.is_empty())?;
+        Some(Blocks {
+            tier: tier.clone(),
+            version: Version::new(&tier.config().origin, bucket, key, etag, part, size),
+        })
+    }
+
     /// The GET of a fill's first part, which also says which version and how big the
-    /// object is: (ETag, size, the part's body when there is one to read).
+    /// object is: (ETag, size, the part's body when there is one to read). With the
+    /// version known, the shared tier is asked first.
     async fn first_part(
         &self,
         bucket: &str,
         key: &str,
         part: u64,
         known: Option<ObjectMeta>,
-    ) -> Result<(String, u64, Option<ByteStream>), CacheError> {
+    ) -> Result<(String, u64, Option<First>), CacheError> {
         let known_etag = known.as_ref().and_then(|m| m.etag.clone());
+        if let (Some(etag), Some(m)) = (&known_etag, &known)
+            && let Some(b) = self.blocks_of(bucket, key, etag, m.size, part)
+            && let Ok(r) = b.tier.open_block(&b.version, 0).await
+        {
+            return Ok((
+                etag.clone(),
+                r.object_size(),
+                Some(First::Shared(Box::new(r))),
+            ));
+        }
         let mut first = self
             .store
             .get_range(bucket, key, Some(0..part), known_etag.as_deref())
@@ -222,7 +254,7 @@ impl Inner {
             first = self.store.get_range(bucket, key, Some(0..part), None).await;
         }
         Ok(match first {
-            Ok(g) if !g.etag.is_empty() => (g.etag, g.object_size, Some(g.body)),
+            Ok(g) if !g.etag.is_empty() => (g.etag, g.object_size, Some(First::Origin(g.body))),
             Ok(_) => {
                 // No ETag in the answer: ask for it, and pin the fill to it.
                 let m = self.store.head(bucket, key).await?;
@@ -245,6 +277,7 @@ impl Inner {
         let url = s3_url(&fill.bucket, &fill.key);
         match result {
             Ok(sums) => {
+                fill.share_origin_parts();
                 // The flight ends when the committer has put it in the index (or found
                 // it replaced by a newer version's download, and dropped it).
                 disk.pending.lock().push(Pending {

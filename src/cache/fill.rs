@@ -22,6 +22,8 @@ use super::config::CacheError;
 use super::db::BLOCK_SIZE;
 use super::key::CacheKey;
 use super::ranges::RangeSet;
+use super::shared::block::Version;
+use super::shared::{BlockReader, SharedTier};
 use super::stats::{Stats, add};
 use crate::store::{ByteStream, ObjectStore, StoreError};
 
@@ -51,9 +53,31 @@ enum Part {
     Done,
 }
 
+/// Where a part's bytes came from: only parts wholly from the origin are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartFrom {
+    Unknown,
+    Origin,
+    Shared,
+    Both,
+}
+
+/// The already open first part of a fill: the GET that started it.
+pub(crate) enum First {
+    Origin(ByteStream),
+    Shared(Box<BlockReader>),
+}
+
+/// The fill's object version as the shared tier names it, when the tier takes it.
+pub(crate) struct Blocks {
+    pub tier: Arc<SharedTier>,
+    pub version: Version,
+}
+
 struct State {
     landed: RangeSet,
     parts: Vec<Part>,
+    from: Vec<PartFrom>,
     /// None while running.
     outcome: Option<Result<(), FillFailure>>,
 }
@@ -81,6 +105,8 @@ pub(crate) struct Fill {
     /// Started by directory read-ahead: its version was learned by its own first GET,
     /// moments before the open that joins it.
     pub read_ahead: bool,
+    /// Parts are asked of the shared tier before the origin.
+    pub blocks: Option<Blocks>,
     part_size: u64,
     state: Mutex<State>,
     progress: watch::Sender<u64>,
@@ -113,10 +139,12 @@ impl Fill {
             file: Mutex::new(Some(Arc::new(file))),
             tmp_name,
             read_ahead: false,
+            blocks: None,
             part_size,
             state: Mutex::new(State {
                 landed: RangeSet::default(),
                 parts: vec![Part::Pending; parts],
+                from: vec![PartFrom::Unknown; parts],
                 outcome: None,
             }),
             progress: watch::channel(0).0,
@@ -271,13 +299,32 @@ impl Fill {
         Some(i)
     }
 
-    /// Fetches part `i` from `from` to its end, then its head before `from`.
-    async fn run_part(self: &Arc<Self>, i: usize, first: Option<ByteStream>, from: u64) {
+    /// Fetches part `i`: from the shared tier when it has the block, else (or for what
+    /// it could not give) from the origin, `from` to the part's end, then the head
+    /// before `from`.
+    async fn run_part(self: &Arc<Self>, i: usize, first: Option<First>, from: u64) {
         let part = self.part_range(i);
-        let from = from.clamp(part.start, part.end);
-        let mut fetched = self.fetch_range(from..part.end, first).await;
-        if fetched.is_ok() && from > part.start {
-            fetched = self.fetch_range(part.start..from, None).await;
+        let (lo, origin_body) = match first {
+            Some(First::Origin(body)) => (part.start, Some(body)),
+            Some(First::Shared(r)) => (self.land_shared(i, Some(*r)).await, None),
+            None if self.blocks.is_some() => (self.land_shared(i, None).await, None),
+            None => (part.start, None),
+        };
+        if let Some(f) = self.state.lock().from.get_mut(i) {
+            *f = match (lo == part.start, lo >= part.end) {
+                (true, _) => PartFrom::Origin,
+                (false, true) => PartFrom::Shared,
+                (false, false) => PartFrom::Both,
+            };
+        }
+        let from = from.clamp(lo, part.end);
+        let mut fetched = if from < part.end {
+            self.fetch_range(from..part.end, origin_body).await
+        } else {
+            Ok(())
+        };
+        if fetched.is_ok() && from > lo {
+            fetched = self.fetch_range(lo..from, None).await;
         }
         match fetched {
             Ok(()) => {
@@ -408,7 +455,7 @@ impl Fill {
     pub(crate) async fn run(
         self: &Arc<Self>,
         workers: usize,
-        mut first: Option<ByteStream>,
+        mut first: Option<First>,
     ) -> Result<Checksums, FillFailure> {
         let mut tasks = Vec::new();
         if let Some(body) = first.take() {
@@ -550,7 +597,7 @@ pub(crate) fn pread(file: &File, offset: u64, len: usize) -> std::io::Result<Byt
     Ok(Bytes::from(buf))
 }
 
-fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
+pub(crate) fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
     while !data.is_empty() {
         match file.write_at(data, offset) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -565,5 +612,6 @@ fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Resul
     Ok(())
 }
 
+mod shared;
 #[cfg(test)]
 mod tests;

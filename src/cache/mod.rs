@@ -35,6 +35,7 @@ pub mod inspect;
 mod key;
 mod layout;
 mod ranges;
+pub mod shared;
 mod stats;
 
 pub use crate::store::s3_url;
@@ -59,6 +60,7 @@ use disk::Disk;
 use download::Download;
 use fill::Fill;
 use handle::Source;
+use shared::SharedTier;
 use stats::bump;
 
 /// What every clone of a [`Cache`] shares.
@@ -68,6 +70,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     stats: Arc<Stats>,
     disk: Option<Arc<Disk>>,
+    /// The tier between this cache and the origin that many hosts share, if any.
+    shared: Option<Arc<SharedTier>>,
     /// Disk trouble is reported once, not on every open.
     warned_disk: std::sync::atomic::AtomicBool,
 }
@@ -97,6 +101,16 @@ impl Cache {
         store: Arc<dyn ObjectStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Cache, CacheError> {
+        Cache::open_tiered(cfg, store, None, clock)
+    }
+
+    /// [`Cache::open`] with a shared tier between the cache and the origin `store`.
+    pub fn open_tiered(
+        cfg: CacheConfig,
+        store: Arc<dyn ObjectStore>,
+        shared: Option<Arc<SharedTier>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Cache, CacheError> {
         let stats = Arc::new(Stats::default());
         let disk = if cfg.enabled {
             Some(Disk::open(&cfg, stats.clone(), clock.clone())?)
@@ -110,6 +124,7 @@ impl Cache {
                 clock,
                 stats,
                 disk,
+                shared,
                 warned_disk: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -142,6 +157,7 @@ impl Cache {
             max_size: self.inner.cfg.max_size,
             max_entries: self.inner.cfg.max_entries,
             s3_unreachable: !self.inner.store.reachable(),
+            shared: self.inner.shared.as_ref().map(|t| t.snapshot()),
         })
     }
 

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::SharedSnapshot;
+
 #[derive(Debug)]
 pub struct Stats {
     pub(crate) hits: AtomicU64,
@@ -108,11 +110,38 @@ pub struct StatsSnapshot {
     /// 1 while S3 cannot be reached (requests fail at once, cached files are served).
     #[serde(default)]
     pub s3_unreachable: u64,
+    /// The shared cache tier (all 0 and "off" without one): blocks read from it whole,
+    /// asked and absent, failed or too slow, refused as corrupt; bytes it gave; blocks
+    /// uploaded, dropped for a full queue, and waiting to be uploaded.
+    #[serde(default)]
+    pub shared_hits: u64,
+    #[serde(default)]
+    pub shared_misses: u64,
+    #[serde(default)]
+    pub shared_errors: u64,
+    #[serde(default)]
+    pub shared_corrupt: u64,
+    #[serde(default)]
+    pub bytes_from_shared: u64,
+    #[serde(default)]
+    pub shared_uploads: u64,
+    #[serde(default)]
+    pub shared_uploads_dropped: u64,
+    #[serde(default)]
+    pub shared_uploads_pending: u64,
+    /// ok, unreachable, read-only or off.
+    #[serde(default = "shared_off")]
+    pub shared_state: String,
     pub uptime_seconds: u64,
 }
 
-/// What the counters do not know: the cache's current levels and limits, and S3's state.
-#[derive(Debug, Clone, Copy, Default)]
+fn shared_off() -> String {
+    "off".into()
+}
+
+/// What the counters do not know: the cache's current levels and limits, S3's state and
+/// the shared tier's.
+#[derive(Debug, Clone, Default)]
 pub struct Levels {
     pub enabled: bool,
     pub entry_count: u64,
@@ -120,6 +149,7 @@ pub struct Levels {
     pub max_size: u64,
     pub max_entries: u64,
     pub s3_unreachable: bool,
+    pub shared: Option<SharedSnapshot>,
 }
 
 impl Stats {
@@ -131,7 +161,12 @@ impl Stats {
             max_size,
             max_entries,
             s3_unreachable,
+            shared,
         } = levels;
+        let sh = shared.unwrap_or(SharedSnapshot {
+            state: "off",
+            ..SharedSnapshot::default()
+        });
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let hits = get(&self.hits);
         let misses = get(&self.misses);
@@ -166,6 +201,15 @@ impl Stats {
             downloads_failed: get(&self.downloads_failed),
             disk_full_events: get(&self.disk_full_events),
             s3_unreachable: u64::from(s3_unreachable),
+            shared_hits: sh.hits,
+            shared_misses: sh.misses,
+            shared_errors: sh.errors,
+            shared_corrupt: sh.corrupt,
+            bytes_from_shared: sh.bytes,
+            shared_uploads: sh.uploads,
+            shared_uploads_dropped: sh.uploads_dropped,
+            shared_uploads_pending: sh.uploads_pending,
+            shared_state: sh.state.to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

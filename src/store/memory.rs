@@ -11,7 +11,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use parking_lot::Mutex;
 
-use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{GetObject, Listing, ObjectMeta, ObjectStore, Put, StoreError, StoreResult};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -20,6 +20,7 @@ pub struct MemoryStore {
     head_error: Mutex<Option<StoreError>>,
     pub heads: AtomicU64,
     pub gets: AtomicU64,
+    pub puts: AtomicU64,
 }
 
 impl MemoryStore {
@@ -135,5 +136,27 @@ impl ObjectStore for MemoryStore {
             object_size,
             body: Box::pin(futures::stream::iter([Ok(body)])),
         })
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        mode: Put,
+    ) -> StoreResult<bool> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        if mode == Put::IfAbsent && self.lookup(bucket, key).is_ok() {
+            return Ok(false);
+        }
+        self.put(bucket, key, body);
+        Ok(true)
+    }
+
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> StoreResult<()> {
+        for k in keys {
+            self.delete(bucket, k);
+        }
+        Ok(())
     }
 }

@@ -184,4 +184,43 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Option<Range<u64>>,
         if_match: Option<&str>,
     ) -> StoreResult<GetObject>;
+
+    /// GET of a whole object asking the server for its stored checksum, which the SDK
+    /// then checks against the body as it ends (the shared cache tier's blocks).
+    async fn get_checked(&self, bucket: &str, key: &str) -> StoreResult<GetObject> {
+        self.get_range(bucket, key, None, None).await
+    }
+
+    /// PUT of a whole object, sent with its SHA-256 for the server to check. With
+    /// `Put::IfAbsent` an object already there is left alone: `Ok(false)`.
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        mode: Put,
+    ) -> StoreResult<bool> {
+        let _ = (body, mode);
+        Err(StoreError::Other(format!(
+            "{}: this store cannot write",
+            s3_url(bucket, key)
+        )))
+    }
+
+    /// Deletes the objects (a missing one is no error).
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> StoreResult<()> {
+        let _ = keys;
+        Err(StoreError::Other(format!(
+            "s3://{bucket}: this store cannot delete"
+        )))
+    }
+}
+
+/// How [`ObjectStore::put_object`] treats an object already at the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Replace it.
+    Overwrite,
+    /// Leave it (`If-None-Match: *`): another writer won, which is fine.
+    IfAbsent,
 }

@@ -15,20 +15,20 @@ use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::EncodingType;
+use aws_sdk_s3::types::{ChecksumMode, EncodingType};
 use aws_smithy_types::date_time::DateTime as SmithyDateTime;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::breaker::{Breaker, PROBE_INTERVAL, PROBE_TIMEOUT};
-use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult, s3_url};
+use super::{GetObject, Listing, ObjectMeta, ObjectStore, Put, StoreError, StoreResult, s3_url};
+use errors::map_err;
 
 /// How to reach the store. Everything optional falls back to the SDK's normal chain
 /// (environment, `~/.aws/config`, instance metadata).
@@ -275,117 +275,6 @@ fn backoff(attempt: u32, throttled: bool) -> Duration {
     Duration::from_millis(cap / 2 + rand::random::<u64>() % (cap / 2 + 1))
 }
 
-/// One place that turns SDK errors into the store's small enum, with a message of one
-/// line: what the server or the network said. The SDK's full error (which can run to a
-/// kilobyte of debug output) goes to the debug log only. No request headers reach either,
-/// so no credentials or signatures are logged.
-fn map_err<E, R>(err: SdkError<E, R>, target: &str) -> StoreError
-where
-    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + HasStatus + Send + Sync + 'static,
-{
-    debug!(%target, error = %DisplayErrorContext(&err), "S3 request failed");
-    let status = err.raw_response().map(|r| r.status_code());
-    let msg = format!("{target}: {}", describe(&err, status));
-    match (&err, status) {
-        (_, Some(404)) => StoreError::NotFound(target.to_string()),
-        (_, Some(403)) => StoreError::AccessDenied(msg),
-        (_, Some(412)) => StoreError::PreconditionFailed(target.to_string()),
-        (_, Some(429)) | (_, Some(503)) => StoreError::Throttled(msg),
-        (_, Some(s)) if s >= 500 => StoreError::Transient(msg),
-        (SdkError::DispatchFailure(_), _) if credentials_error(&err).is_some() => {
-            StoreError::NoCredentials(msg)
-        }
-        (SdkError::DispatchFailure(d), _) if d.is_user() => StoreError::Other(msg),
-        (SdkError::TimeoutError(_), _) | (SdkError::DispatchFailure(_), _) => {
-            StoreError::NoAnswer(msg)
-        }
-        // The server answered something unreadable: only a cut-off body is worth retrying.
-        (SdkError::ResponseError(_), _) if io_error(&err) => StoreError::Transient(msg),
-        _ => StoreError::Other(msg),
-    }
-}
-
-/// What went wrong, in one line: the server's error code and message, or the innermost
-/// cause of a network failure.
-fn describe<E, R>(err: &SdkError<E, R>, status: Option<u16>) -> String
-where
-    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    match err {
-        SdkError::ServiceError(s) => {
-            let e = s.err();
-            match (e.code(), e.message()) {
-                (Some(c), Some(m)) => format!("{c}: {m}"),
-                (Some(c), None) => c.to_string(),
-                _ => match status {
-                    Some(st) => format!("HTTP {st}"),
-                    None => "the server refused the request".into(),
-                },
-            }
-        }
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(d) => {
-            if let Some(c) = credentials_error(err) {
-                return format!("no usable credentials: {c}");
-            }
-            let root = root_cause(err);
-            if d.is_timeout() {
-                format!("connection timed out ({root})")
-            } else if d.is_io() {
-                format!("network error: {root}")
-            } else {
-                root
-            }
-        }
-        SdkError::ResponseError(_) => format!("unreadable response: {}", root_cause(err)),
-        _ => root_cause(err),
-    }
-}
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = err;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-fn credentials_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a CredentialsError> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            return Some(c);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn io_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<std::io::Error>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-trait HasStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
 fn to_system_time(t: Option<&SmithyDateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
@@ -581,6 +470,39 @@ impl ObjectStore for S3Store {
         range: Option<Range<u64>>,
         if_match: Option<&str>,
     ) -> StoreResult<GetObject> {
+        self.get(bucket, key, range, if_match, false).await
+    }
+
+    async fn get_checked(&self, bucket: &str, key: &str) -> StoreResult<GetObject> {
+        self.get(bucket, key, None, None, true).await
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        mode: Put,
+    ) -> StoreResult<bool> {
+        self.put(bucket, key, body, mode).await
+    }
+
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> StoreResult<()> {
+        self.delete(bucket, keys).await
+    }
+}
+
+impl S3Store {
+    /// A (ranged) GET; `checked` asks for the object's stored checksum, which the SDK
+    /// then verifies as the body ends.
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+        checked: bool,
+    ) -> StoreResult<GetObject> {
         let target = s3_url(bucket, key);
         if let Some(r) = &range
             && r.start >= r.end
@@ -595,6 +517,9 @@ impl ObjectStore for S3Store {
                 }
                 if let Some(etag) = if_match {
                     req = req.if_match(etag);
+                }
+                if checked {
+                    req = req.checksum_mode(ChecksumMode::Enabled);
                 }
                 req.send().await.map_err(|e| map_err(e, &target))
             })
@@ -680,6 +605,9 @@ fn parse_content_range(s: &str) -> Option<ContentRange> {
     };
     (start <= end).then_some(ContentRange { start, end, total })
 }
+
+mod errors;
+mod write;
 
 #[cfg(test)]
 mod tests;

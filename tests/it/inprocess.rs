@@ -40,6 +40,7 @@ fn an_in_process_mount_over_a_memory_store_serves_and_ends_on_its_shutdown() {
         },
         s3: S3Options::default(),
         cache: cache_config(&tmp.path().join("cache")),
+        shared: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -61,7 +62,7 @@ fn an_in_process_mount_over_a_memory_store_serves_and_ends_on_its_shutdown() {
     let ready = ready_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("ready is told");
-    assert_eq!(ready, Ok(()));
+    assert_eq!(ready, Ok(Vec::new()));
     assert!(is_mounted(&mnt));
 
     let mut names: Vec<String> = std::fs::read_dir(mnt.join("dir"))

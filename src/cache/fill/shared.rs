@@ -1,0 +1,75 @@
+//! The shared tier's side of a fill: a part is landed from the tier's block, a verified
+//! MiB at a time, as far as the block goes; the origin takes the rest (see `run_part`).
+//! After the fill verifies, the parts that came wholly from the origin are shared.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{Fill, PartFrom, write_all_at};
+use crate::cache::shared::{BlockReader, UploadJob};
+
+impl Fill {
+    /// Lands part `i` from the shared tier (from `reader` when its GET is already open)
+    /// and returns where the origin must take over: the part's end when the whole block
+    /// came and checked out, its start when the tier had nothing.
+    pub(super) async fn land_shared(&self, i: usize, reader: Option<BlockReader>) -> u64 {
+        let part = self.part_range(i);
+        let Some(b) = &self.blocks else {
+            return part.start;
+        };
+        let mut r = match reader {
+            Some(r) => r,
+            None => match b.tier.open_block(&b.version, i as u64).await {
+                Ok(r) => r,
+                Err(_) => return part.start,
+            },
+        };
+        let mut pos = part.start;
+        loop {
+            let Ok(Some((at, bytes))) = r.next().await else {
+                // The end of a block that checked out, or what failed has been counted:
+                // the origin does the rest.
+                return pos;
+            };
+            let Some(file) = self.file() else { return pos };
+            // A write that fails (a full disk) is met again, and reported, on the origin's.
+            if at != pos || write_all_at(&file, &bytes, at).is_err() {
+                return pos;
+            }
+            let end = at + bytes.len() as u64;
+            self.state.lock().landed.insert(at..end);
+            pos = end;
+            b.tier
+                .counters
+                .bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.bump();
+            if self.outcome().is_some() {
+                return pos;
+            }
+        }
+    }
+
+    /// Queues for upload every part that came wholly from the origin: call once the fill
+    /// has verified.
+    pub(crate) fn share_origin_parts(&self) {
+        let Some(b) = &self.blocks else { return };
+        let Some(file) = self.file() else { return };
+        let origin: Vec<usize> = {
+            let st = self.state.lock();
+            st.from
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| **f == PartFrom::Origin)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        for i in origin {
+            b.tier.upload(UploadJob {
+                version: b.version.clone(),
+                part: i as u64,
+                file: Arc::clone(&file),
+            });
+        }
+    }
+}
