@@ -24,6 +24,7 @@ mod shared;
 
 use raw::Raw;
 use shared::SharedArgs;
+pub use shared::{GcArgs, SharedAction, SharedCommandArgs};
 
 /// The longest `--cache-ttl-hours`: a hundred years, in effect never.
 const MAX_TTL_HOURS: f64 = 24.0 * 365.0 * 100.0;
@@ -57,6 +58,8 @@ pub enum Command {
     Clear(ClearArgs),
     /// Fetch files, directories or s3:// prefixes into the cache ahead of use
     Warm(Box<WarmArgs>),
+    /// Work on a shared cache tier (`mount --shared-cache`): `shared gc`
+    Shared(SharedCommandArgs),
 }
 
 impl Command {
@@ -68,6 +71,9 @@ impl Command {
             Command::Stats(a) => a.log.verbosity(),
             Command::Clear(a) => a.log.verbosity(),
             Command::Warm(a) => a.log.verbosity(),
+            Command::Shared(a) => match &a.action {
+                SharedAction::Gc(g) => g.log.verbosity(),
+            },
         }
     }
 }

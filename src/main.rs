@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 
 use s3cachefs::admin::{clear, stats, warm};
-use s3cachefs::cli::{Cli, Command};
+use s3cachefs::cli::{Cli, Command, SharedAction};
 use s3cachefs::config::Config;
 use s3cachefs::daemon;
 use s3cachefs::fstab;
@@ -66,6 +66,18 @@ fn main() -> ExitCode {
                 println!("s3cachefs: {}", clear::clear(&target).await?);
                 Ok(())
             })),
+        },
+        Command::Shared(a) => match &a.action {
+            SharedAction::Gc(g) => {
+                let gc_matches = sub.subcommand().map(|(_, m)| m).unwrap_or(sub);
+                match g.to_settings(gc_matches) {
+                    Err(e) => config_error(e),
+                    Ok(settings) => finish(admin(async move {
+                        print!("{}", s3cachefs::admin::shared::gc(&settings).await?);
+                        Ok(())
+                    })),
+                }
+            }
         },
         Command::Warm(a) => match a.to_settings(sub) {
             Err(e) => config_error(e),

@@ -1,9 +1,11 @@
 //! The operating commands `s3cachefs stats`, `clear` and `warm`: each works on a live mount
 //! (through its `.cache-stats` file, its files, or its control socket) or, when nothing is
 //! mounted, on the cache directory itself. `unmount` waits for the mount's process.
+//! `shared gc` bounds a shared cache tier.
 
 pub mod clear;
 pub mod locate;
+pub mod shared;
 pub mod stats;
 pub mod unmount;
 pub mod warm;

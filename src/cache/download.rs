@@ -234,6 +234,14 @@ impl Inner {
         part: u64,
         known: Option<ObjectMeta>,
     ) -> Result<(String, u64, Option<First>), CacheError> {
+        let mut known = known;
+        if known.as_ref().is_none_or(|m| m.etag.is_none())
+            && self.shared.as_ref().is_some_and(|t| t.takes(1))
+        {
+            // The tier names blocks by ETag, which a listing without ETags (some
+            // S3-compatible servers) did not give: a HEAD costs no bytes from the origin.
+            known = Some(self.store.head(bucket, key).await?);
+        }
         let known_etag = known.as_ref().and_then(|m| m.etag.clone());
         if let (Some(etag), Some(m)) = (&known_etag, &known)
             && let Some(b) = self.blocks_of(bucket, key, etag, m.size, part)

@@ -1,9 +1,13 @@
 //! The flags of the shared cache tier (`--shared-*`), turned into [`SharedSettings`].
 
-use clap::Args;
+use std::time::Duration;
+
 use clap::builder::BoolishValueParser;
+use clap::{ArgMatches, Args};
 
 use super::raw::Raw;
+use crate::admin::shared::GcSettings;
+use crate::cache::shared::gc::Limits;
 use crate::cache::shared::parse_url;
 use crate::config::{self, ConfigError, SharedSettings};
 use crate::store::S3Options;
@@ -133,5 +137,90 @@ impl SharedArgs {
             max_object_size,
             read_only: self.shared_read_only,
         }))
+    }
+}
+
+/// `s3cachefs shared ...`: work on a shared cache tier itself.
+#[derive(Debug, Args)]
+pub struct SharedCommandArgs {
+    #[command(subcommand)]
+    pub action: SharedAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SharedAction {
+    /// Keep a shared cache tier within a size and an age: deletes whole object versions,
+    /// least recently written first
+    Gc(Box<GcArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The tier, as given to `mount --shared-cache`
+    #[arg(value_name = "s3://BUCKET[/PREFIX]")]
+    pub url: String,
+    /// Delete least recently written object versions until the tier holds at most this
+    /// many GiB (fractions allowed)
+    #[arg(long, value_name = "GB", allow_negative_numbers = true)]
+    pub max_size_gb: Option<String>,
+    /// Delete object versions last written more than this many days ago
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    pub older_than: Option<String>,
+    /// Say what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten, next_help_heading = "The tier's store")]
+    pub s3: super::S3Args,
+    #[command(flatten)]
+    pub log: super::LogArgs,
+}
+
+impl GcArgs {
+    pub fn to_settings(&self, m: &ArgMatches) -> Result<GcSettings, ConfigError> {
+        let raw = Raw::new(m);
+        let (bucket, prefix) = parse_url(&self.url).map_err(|why| ConfigError::Invalid {
+            setting: "the tier URL".into(),
+            value: self.url.clone(),
+            expected: format!("s3://BUCKET[/PREFIX] ({why})"),
+        })?;
+        let max_size = match &self.max_size_gb {
+            Some(_) => Some(
+                (raw.f64_in(
+                    &self.max_size_gb,
+                    ("max_size_gb", ""),
+                    0.0..=1e9,
+                    "GiB",
+                    0.0,
+                )? * (1u64 << 30) as f64) as u64,
+            ),
+            None => None,
+        };
+        let older_than = match &self.older_than {
+            Some(_) => Some(Duration::from_secs_f64(
+                raw.f64_in(
+                    &self.older_than,
+                    ("older_than", ""),
+                    0.0..=36_500.0,
+                    "days",
+                    0.0,
+                )? * 86_400.0,
+            )),
+            None => None,
+        };
+        if max_size.is_none() && older_than.is_none() {
+            return Err(ConfigError::Other(
+                "shared gc needs a limit: --max-size-gb N, --older-than DAYS, or both".into(),
+            ));
+        }
+        Ok(GcSettings {
+            bucket,
+            prefix,
+            limits: Limits {
+                max_size,
+                older_than,
+            },
+            dry_run: self.dry_run,
+            s3: self.s3.to_s3_options(&raw)?,
+        })
     }
 }

@@ -12,4 +12,5 @@ mod inprocess;
 mod mount;
 mod offline;
 mod ops;
+mod shared;
 mod trust;

@@ -70,16 +70,36 @@ impl Mount {
 
     /// Like `start`, with the mount's log (its stderr in the foreground) going to `log`.
     pub fn start_logging_to(env: &Env, extra: &[&str], log: Stdio) -> Mount {
-        Mount::start_full(env, &env.cache_dir(), extra, log)
+        Mount::start_full(
+            env,
+            &env.tmp.path().join("mnt"),
+            &env.cache_dir(),
+            extra,
+            log,
+        )
     }
 
     /// Like `start`, on another cache dir than the env's.
     pub fn start_with_cache(env: &Env, cache_dir: &Path, extra: &[&str]) -> Mount {
-        Mount::start_full(env, cache_dir, extra, Stdio::inherit())
+        Mount::start_full(
+            env,
+            &env.tmp.path().join("mnt"),
+            cache_dir,
+            extra,
+            Stdio::inherit(),
+        )
     }
 
-    fn start_full(env: &Env, cache_dir: &Path, extra: &[&str], log: Stdio) -> Mount {
-        let path = env.tmp.path().join("mnt");
+    /// Like `start`, as one of several hosts: its own mountpoint and cache dir, both
+    /// named after `host`.
+    pub fn start_host(env: &Env, host: &str, extra: &[&str]) -> Mount {
+        let cache = env.tmp.path().join(format!("{host}-cache"));
+        let path = env.tmp.path().join(host);
+        Mount::start_full(env, &path, &cache, extra, Stdio::inherit())
+    }
+
+    fn start_full(env: &Env, path: &Path, cache_dir: &Path, extra: &[&str], log: Stdio) -> Mount {
+        let path = path.to_path_buf();
         std::fs::create_dir_all(&path).expect("mountpoint");
         let mut cmd = mount_cmd(env, &path, cache_dir);
         cmd.arg("--foreground")

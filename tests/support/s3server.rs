@@ -113,6 +113,8 @@ impl Counters {
 
 struct Shared {
     inner: S3Service,
+    /// Where s3s-fs keeps the objects (and its internal info files).
+    root: PathBuf,
     faults: Arc<Faults>,
     counters: Arc<Counters>,
     /// s3s-fs renames a PUT's file into place before it records the new ETag, so a read
@@ -161,6 +163,7 @@ impl TestServer {
         let inner = builder.build();
         let shared = Arc::new(Shared {
             inner,
+            root: root.to_path_buf(),
             faults: faults.clone(),
             counters: counters.clone(),
             writes: tokio::sync::RwLock::new(()),
@@ -449,8 +452,9 @@ async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Respons
             return error_response(500, "InternalError");
         }
     };
-    if kind == Kind::List && resp.status().is_success() && query.contains("encoding-type=url") {
-        return url_encode_listing(resp).await;
+    if kind == Kind::List && resp.status().is_success() {
+        let bucket = path.trim_start_matches('/').trim_end_matches('/');
+        return rewrite_listing(resp, query.contains("encoding-type=url"), &sh.root, bucket).await;
     }
     if kind != Kind::Get || !resp.status().is_success() {
         return resp;
@@ -572,7 +576,14 @@ use std::future::Future;
 /// cannot carry (\x01, ESC) then break the whole document. Real S3 percent-encodes keys
 /// and prefixes (a space as `+`): done here for `Key`, `Prefix`, `StartAfter` and
 /// `Delimiter` elements.
-async fn url_encode_listing(resp: Response<s3s::Body>) -> Response<s3s::Body> {
+/// Makes a listing say what S3's would: each object's ETag (s3s-fs leaves it out), and,
+/// for `encoding-type=url`, keys and prefixes percent-encoded.
+async fn rewrite_listing(
+    resp: Response<s3s::Body>,
+    encode: bool,
+    root: &Path,
+    bucket: &str,
+) -> Response<s3s::Body> {
     let (mut parts, mut body) = resp.into_parts();
     let Ok(xml) = body.store_all_limited(64 << 20).await else {
         return error_response(500, "InternalError");
@@ -592,9 +603,20 @@ async fn url_encode_listing(resp: Response<s3s::Body>) -> Response<s3s::Body> {
             if let Some(after) = rest.strip_prefix(open.as_str())
                 && let Some(end) = after.find(close.as_str())
             {
+                let name = xml_unescape(&after[..end]);
                 out.push_str(open);
-                out.push_str(&s3_url_encode(&xml_unescape(&after[..end])));
+                if encode {
+                    out.push_str(&s3_url_encode(&name));
+                } else {
+                    out.push_str(&after[..end]);
+                }
                 out.push_str(close);
+                // Only objects (in <Contents>) have a <Key> in ListObjectsV2.
+                if open == "<Key>"
+                    && let Some(etag) = stored_etag(root, bucket, &name)
+                {
+                    out.push_str(&format!("<ETag>&quot;{etag}&quot;</ETag>"));
+                }
                 rest = &after[end + close.len()..];
                 continue 'outer;
             }
@@ -605,6 +627,36 @@ async fn url_encode_listing(resp: Response<s3s::Body>) -> Response<s3s::Body> {
     out.push_str(rest);
     parts.headers.remove("content-length");
     Response::from_parts(parts, s3s::Body::from(out))
+}
+
+/// The ETag s3s-fs recorded for an object, from its internal info file.
+fn stored_etag(root: &Path, bucket: &str, key: &str) -> Option<String> {
+    let name = format!(
+        ".bucket-{}.object-{}.internal.json",
+        base64_url(bucket.as_bytes()),
+        base64_url(key.as_bytes())
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(name)).ok()?).ok()?;
+    info.get("e_tag")?.as_str().map(str::to_string)
+}
+
+/// URL-safe base64 without padding, as s3s-fs names its internal files.
+fn base64_url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 fn xml_unescape(s: &str) -> String {
