@@ -340,6 +340,22 @@ fn classify(method: &Method, path: &str, query: &str) -> Kind {
     }
 }
 
+/// The counters as JSON: requests by kind and GET body bytes sent.
+fn counters_response(c: &Counters) -> Response<s3s::Body> {
+    let body = serde_json::json!({
+        "get": c.count(Kind::Get),
+        "head": c.count(Kind::Head),
+        "list": c.count(Kind::List),
+        "put": c.count(Kind::Put),
+        "get_bytes": c.get_bytes.load(Ordering::SeqCst),
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(s3s::Body::from(body.to_string()))
+        .expect("response")
+}
+
 fn error_response(status: u16, code: &str) -> Response<s3s::Body> {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
@@ -357,9 +373,15 @@ fn take_one(c: &AtomicU64) -> bool {
         .is_ok()
 }
 
+/// Where the counters can be read over HTTP (scripts: requests to the origin per host).
+pub const COUNTERS_PATH: &str = "/__counters";
+
 async fn handle(sh: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Response<s3s::Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if path == COUNTERS_PATH {
+        return counters_response(&sh.counters);
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     let kind = classify(&method, &path, &query);
     *sh.counters.by_kind.lock().entry(kind).or_default() += 1;

@@ -15,9 +15,9 @@ use super::block::{self, Version};
 use crate::store::Put;
 
 /// Uploads waiting at most; more are dropped (and counted).
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
 /// Uploads under way at once.
-const WORKERS: usize = 2;
+const WORKERS: usize = 4;
 
 /// One part to share: its bytes are read from the (complete, verified) cache file when
 /// its turn comes, so the queue holds no data.
