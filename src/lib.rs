@@ -9,7 +9,8 @@
 //!   logging. `anyhow` lives only in `main.rs`.
 //! - [`fstab`]: `/etc/fstab` lines: a mount.fuse3 call turned into `s3cachefs mount` flags.
 //! - [`admin`]: the operating commands `stats`, `clear` and `warm`, on a live mount or on an
-//!   unmounted cache directory, and `unmount`, which waits for the mount's process.
+//!   unmounted cache directory, `unmount`, which waits for the mount's process, and
+//!   `shared gc`, which bounds a shared cache tier.
 //! - [`daemon`]: a background mount: the detached child and the pipe that says when it
 //!   is live.
 //! - [`mount`]: puts a mount together (checks, store, cache, FUSE session, signals, the
@@ -33,7 +34,9 @@
 //!   ranged GETs), `direct` (reads straight from S3), `disk` (the directory, the LRU
 //!   index and its redb copy kept in agreement: group commits, eviction, TTL, the check
 //!   at start), `layout`, `index`, `db`, `key`, `stats` (the `.cache-stats` counters),
-//!   `config`; [`cache::inspect`] reads an unmounted cache directory.
+//!   `config`; [`cache::inspect`] reads an unmounted cache directory; [`cache::shared`]
+//!   the tier many hosts share in a bucket (block format, reads, uploads, gc), asked
+//!   between the local cache and the origin inside a fill (`fill/shared.rs`).
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
 //!   module that sees the AWS SDK.
 

@@ -254,6 +254,49 @@ impl Lines {
         self.nonzero(d, "corruptions", "corruptions");
         self.nonzero(d, "stale served", "stale_served");
         self.nonzero(d, "errors", "errors");
+        self.shared_tier(d);
+    }
+
+    /// The shared tier's lines, when the mount has one.
+    fn shared_tier(&mut self, d: &Value) {
+        let state = d
+            .get("shared_state")
+            .and_then(Value::as_str)
+            .unwrap_or("off");
+        if state == "off" {
+            return;
+        }
+        self.line(
+            "shared tier",
+            format!(
+                "{state}: {} ({}, {}) given, {} from the origin uploaded",
+                human_bytes(num(d, "bytes_from_shared")),
+                count(num(d, "shared_hits"), "block", "blocks"),
+                count(num(d, "shared_misses"), "miss", "misses"),
+                count(num(d, "shared_uploads"), "block", "blocks"),
+            ),
+        );
+        let troubles = [
+            (num(d, "shared_errors"), "error", "errors"),
+            (
+                num(d, "shared_corrupt"),
+                "corrupt block refused",
+                "corrupt blocks refused",
+            ),
+            (
+                num(d, "shared_uploads_dropped"),
+                "upload dropped",
+                "uploads dropped",
+            ),
+        ];
+        let said: Vec<String> = troubles
+            .iter()
+            .filter(|(n, ..)| *n > 0)
+            .map(|(n, one, many)| count(*n, one, many))
+            .collect();
+        if !said.is_empty() {
+            self.line("", said.join(", "));
+        }
     }
 }
 
@@ -284,6 +327,32 @@ mod tests {
         assert!(s.contains("evictions    2"), "{s}");
         assert!(s.contains("7.0 MiB read from the cache"), "{s}");
         assert!(!s.contains("errors"), "{s}");
+        assert!(!s.contains("shared tier"), "{s}");
+    }
+
+    #[test]
+    fn summary_shows_the_shared_tier_when_there_is_one() {
+        let doc = json!({
+            "enabled": true, "hits": 0, "misses": 1, "hit_rate": 0.0,
+            "entry_count": 1, "total_size": 1024, "max_size": 500u64 << 20,
+            "max_entries": 200, "uptime_seconds": 5, "shared_state": "ok",
+            "shared_hits": 8, "shared_misses": 1, "bytes_from_shared": 64u64 << 20,
+            "shared_uploads": 1, "shared_corrupt": 1, "shared_errors": 0
+        });
+        let r = Report {
+            origin: Origin::Mount {
+                mountpoint: "/mnt/s3".into(),
+            },
+            json: pretty(&doc),
+            doc,
+        };
+        let s = render(&r);
+        assert!(
+            s.contains("shared tier  ok: 64.0 MiB (8 blocks, 1 miss) given, 1 block from the origin uploaded"),
+            "{s}"
+        );
+        assert!(s.contains("1 corrupt block refused"), "{s}");
+        assert!(!s.contains("error"), "{s}");
     }
 
     #[test]
