@@ -304,14 +304,17 @@ impl Fill {
     /// before `from`.
     async fn run_part(self: &Arc<Self>, i: usize, first: Option<First>, from: u64) {
         let part = self.part_range(i);
-        let (lo, origin_body) = match first {
-            Some(First::Origin(body)) => (part.start, Some(body)),
+        let ((lo, corrupt), origin_body) = match first {
+            Some(First::Origin(body)) => ((part.start, false), Some(body)),
             Some(First::Shared(r)) => (self.land_shared(i, Some(*r)).await, None),
             None if self.blocks.is_some() => (self.land_shared(i, None).await, None),
-            None => (part.start, None),
+            None => ((part.start, false), None),
         };
         if let Some(f) = self.state.lock().from.get_mut(i) {
             *f = match (lo == part.start, lo >= part.end) {
+                // A corrupt block was deleted: this part, verified with the rest of the
+                // object, takes its place.
+                _ if corrupt => PartFrom::Origin,
                 (true, _) => PartFrom::Origin,
                 (false, true) => PartFrom::Shared,
                 (false, false) => PartFrom::Both,

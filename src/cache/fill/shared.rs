@@ -6,35 +6,40 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Fill, PartFrom, write_all_at};
-use crate::cache::shared::{BlockReader, UploadJob};
+use crate::cache::shared::{BlockReader, Miss, UploadJob};
 
 impl Fill {
     /// Lands part `i` from the shared tier (from `reader` when its GET is already open)
-    /// and returns where the origin must take over: the part's end when the whole block
-    /// came and checked out, its start when the tier had nothing.
-    pub(super) async fn land_shared(&self, i: usize, reader: Option<BlockReader>) -> u64 {
+    /// and returns where the origin must take over (the part's end when the whole block
+    /// came and checked out, its start when the tier had nothing), and whether the
+    /// tier's block turned out corrupt (it has been deleted: this part replaces it).
+    pub(super) async fn land_shared(&self, i: usize, reader: Option<BlockReader>) -> (u64, bool) {
         let part = self.part_range(i);
         let Some(b) = &self.blocks else {
-            return part.start;
+            return (part.start, false);
         };
         let mut r = match reader {
             Some(r) => r,
             None => match b.tier.open_block(&b.version, i as u64).await {
                 Ok(r) => r,
-                Err(_) => return part.start,
+                Err(m) => return (part.start, matches!(m, Miss::Corrupt)),
             },
         };
         let mut pos = part.start;
         loop {
-            let Ok(Some((at, bytes))) = r.next().await else {
-                // The end of a block that checked out, or what failed has been counted:
-                // the origin does the rest.
-                return pos;
+            let (at, bytes) = match r.next().await {
+                Ok(Some(piece)) => piece,
+                // The end of a block that checked out.
+                Ok(None) => return (pos, false),
+                // Counted and logged: the origin does the rest.
+                Err(m) => return (pos, matches!(m, Miss::Corrupt)),
             };
-            let Some(file) = self.file() else { return pos };
+            let Some(file) = self.file() else {
+                return (pos, false);
+            };
             // A write that fails (a full disk) is met again, and reported, on the origin's.
             if at != pos || write_all_at(&file, &bytes, at).is_err() {
-                return pos;
+                return (pos, false);
             }
             let end = at + bytes.len() as u64;
             self.state.lock().landed.insert(at..end);
@@ -45,7 +50,7 @@ impl Fill {
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             self.bump();
             if self.outcome().is_some() {
-                return pos;
+                return (pos, false);
             }
         }
     }
