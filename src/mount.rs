@@ -393,12 +393,16 @@ async fn start_shared(
         return (None, vec![w]);
     }
     // Reads give up quickly (the origin is there); uploads take their time.
+    let writer = S3Options {
+        shared_tier: true,
+        ..s.s3.clone()
+    };
     let reader = S3Options {
         max_attempts: 2,
         connect_timeout: shared::WAIT,
         attempt_timeout: shared::WAIT,
         request_timeout: shared::WAIT,
-        ..s.s3.clone()
+        ..writer.clone()
     };
     let tier = SharedTier::start(
         SharedConfig {
@@ -409,7 +413,7 @@ async fn start_shared(
             read_only: s.read_only,
         },
         Arc::new(S3Store::new(&reader).await),
-        Arc::new(S3Store::new(&s.s3).await),
+        Arc::new(S3Store::new(&writer).await),
     );
     match tier.probe(SHARED_PROBE_TIMEOUT).await {
         Ok(()) => {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How often an unreachable endpoint is asked again.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -18,6 +18,9 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct Breaker {
     /// For the log: the endpoint URL, or "AWS S3".
     endpoint: String,
+    /// The store is the shared cache tier, whose own breaker (`cache/shared`) tells the
+    /// user what it means: this one only logs at debug.
+    quiet: bool,
     state: Mutex<State>,
 }
 
@@ -31,7 +34,16 @@ impl Breaker {
     pub(crate) fn new(endpoint: &str) -> Breaker {
         Breaker {
             endpoint: endpoint.to_string(),
+            quiet: false,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// A breaker that logs only at debug (see `quiet`).
+    pub(crate) fn quiet(endpoint: &str) -> Breaker {
+        Breaker {
+            quiet: true,
+            ..Breaker::new(endpoint)
         }
     }
 
@@ -47,6 +59,10 @@ impl Breaker {
     pub(crate) fn answered(&self) {
         let was = self.state.lock().down_since.take();
         if let Some(since) = was {
+            if self.quiet {
+                debug!(endpoint = %self.endpoint, "reachable again");
+                return;
+            }
             info!(
                 endpoint = %self.endpoint,
                 down_for_s = since.elapsed().as_secs(),
@@ -64,6 +80,10 @@ impl Breaker {
         }
         st.down_since = Some(Instant::now());
         drop(st);
+        if self.quiet {
+            debug!(endpoint = %self.endpoint, error = %why, "unreachable");
+            return true;
+        }
         warn!(
             endpoint = %self.endpoint,
             error = %why,

@@ -51,6 +51,9 @@ pub struct S3Options {
     /// Fixed (access key, secret key), bypassing the environment and profile files
     /// entirely. For tests and embedding; the command line never sets it.
     pub static_credentials: Option<(String, String)>,
+    /// This is the shared cache tier's store, not the origin: its being unreachable is
+    /// reported by the tier (in origin words it would say the wrong thing).
+    pub shared_tier: bool,
 }
 
 impl S3Options {
@@ -70,6 +73,7 @@ impl Default for S3Options {
             attempt_timeout: Duration::from_secs(10),
             request_timeout: S3Options::DEFAULT_REQUEST_TIMEOUT,
             static_credentials: None,
+            shared_tier: false,
         }
     }
 }
@@ -125,7 +129,11 @@ impl S3Store {
             client: Client::from_conf(conf),
             max_attempts: opts.max_attempts.max(1),
             request_timeout: opts.request_timeout,
-            breaker: Arc::new(Breaker::new(&endpoint)),
+            breaker: Arc::new(if opts.shared_tier {
+                Breaker::quiet(&endpoint)
+            } else {
+                Breaker::new(&endpoint)
+            }),
             probe_bucket: Arc::new(Mutex::new(None)),
         }
     }
