@@ -19,8 +19,10 @@ use crate::config::{
 };
 use crate::store::S3Options;
 
+mod metrics;
 mod raw;
 
+pub use metrics::MetricsArgs;
 use raw::Raw;
 
 /// The longest `--cache-ttl-hours`: a hundred years, in effect never.
@@ -507,6 +509,9 @@ pub struct MountArgs {
     )]
     pub passthrough: Option<String>,
 
+    #[command(flatten, next_help_heading = "Metrics")]
+    pub metrics: MetricsArgs,
+
     #[command(flatten)]
     pub log: LogArgs,
     /// Where a background mount logs [default: <cache dir>/s3cachefs.log]
@@ -533,6 +538,7 @@ impl MountArgs {
             mount: self.mount_settings(&raw)?,
             cache: self.cache_config(&raw, &s3)?,
             s3,
+            metrics: self.metrics.to_options(&raw)?,
         })
     }
 

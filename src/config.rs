@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cache::CacheConfig;
 pub use crate::fs::Source;
 use crate::fuse::FuseOptions;
+pub use crate::metrics::MetricsOptions;
 use crate::store::S3Options;
 
 // The defaults belong to the layers that use the settings; here in the units of the
@@ -72,6 +73,8 @@ pub struct Config {
     pub mount: MountSettings,
     pub s3: S3Options,
     pub cache: CacheConfig,
+    /// `/metrics`: off unless an address is given.
+    pub metrics: MetricsOptions,
 }
 
 /// Names a setting for error messages: the flag or the environment variable the value

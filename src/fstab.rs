@@ -64,6 +64,10 @@ const OPTIONS: &[(&str, Arg, &str)] = &[
     ("read_timeout", Arg::Value, "--read-timeout"),
     ("passthrough", Arg::Value, "--passthrough"),
     ("log_file", Arg::Value, "--log-file"),
+    ("metrics_addr", Arg::Value, "--metrics-addr"),
+    ("metrics_allow_remote", Arg::Flag, "--metrics-allow-remote"),
+    // Repeated for more labels: metrics_label=host=web-1,metrics_label=role=etl
+    ("metrics_label", Arg::Value, "--metrics-label"),
     ("verbose", Arg::Flag, "-v"),
 ];
 

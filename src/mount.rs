@@ -1,6 +1,7 @@
 //! Putting a mount together: check the mountpoint, reach S3, open the cache, mount, serve
 //! until unmounted or signalled, close the cache cleanly. Alongside: the control socket
-//! (`s3cachefs stats/clear/warm`) and a periodic summary of the counters in the log.
+//! (`s3cachefs stats/clear/warm`), `/metrics` when asked for, and a periodic summary of
+//! the counters in the log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::config::{Config, Source};
 use crate::control::{self, ControlServer};
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse;
+use crate::metrics::{Exporter, Metrics, MetricsError};
 use crate::store::{ObjectStore, S3Options, S3Store, StoreError};
 use futures::FutureExt;
 
@@ -31,6 +33,8 @@ pub enum MountError {
     },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Checks that `path` can take a mount: an existing directory, not already mounted.
@@ -107,15 +111,17 @@ fn explain(e: &StoreError, what: &str, endpoint: Option<&str>) -> MountError {
 /// Mounts according to `cfg` and serves until unmounted or SIGINT/SIGTERM. `ready` is
 /// called once: with `Ok` when the mount is live, or with the error that stopped it.
 pub fn run(cfg: Config, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+    let metrics = Metrics::new(&cfg.metrics, &cfg.mount.source);
     // No wait on S3 may outlast the read timeout, whatever the retry settings.
     let s3 = S3Options {
         request_timeout: cfg.cache.read_timeout,
+        metrics: metrics.store.clone(),
         ..cfg.s3.clone()
     };
     let store = |_: &tokio::runtime::Runtime| async move {
         Arc::new(S3Store::new(&s3).await) as Arc<dyn ObjectStore>
     };
-    serve(cfg, store, signalled(), ready)
+    serve_with(cfg, metrics, store, signalled(), ready)
 }
 
 /// [`run`] with the store and the end given: the store is made on the mount's runtime
@@ -131,13 +137,30 @@ where
     S: FnOnce(&tokio::runtime::Runtime) -> F,
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
+    // A store made by the caller records no requests; the rest of the metrics work.
+    let metrics = Metrics::new(&cfg.metrics, &cfg.mount.source);
+    serve_with(cfg, metrics, store, shutdown, ready)
+}
+
+/// [`serve`] with the recorders the store was made with.
+fn serve_with<S, F>(
+    cfg: Config,
+    metrics: Metrics,
+    store: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(Result<(), String>),
+) -> Result<(), MountError>
+where
+    S: FnOnce(&tokio::runtime::Runtime) -> F,
+    F: std::future::Future<Output = Arc<dyn ObjectStore>>,
+{
     let mut ready = Some(ready);
     let mut tell = |r: Result<(), String>| {
         if let Some(f) = ready.take() {
             f(r);
         }
     };
-    let result = serve_inner(cfg, store, shutdown, &mut tell);
+    let result = serve_inner(cfg, &metrics, store, shutdown, &mut tell);
     if let Err(e) = &result {
         tell(Err(e.to_string()));
     }
@@ -161,6 +184,7 @@ async fn signalled() {
 
 fn serve_inner<S, F>(
     cfg: Config,
+    metrics: &Metrics,
     store: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     tell: &mut impl FnMut(Result<(), String>),
@@ -178,8 +202,15 @@ where
         .thread_name("s3cachefs")
         .build()
         .map_err(MountError::Runtime)?;
+    // Bound first: a port in use fails the mount before it touches S3.
+    let exporter = Exporter::bind(&cfg.metrics)?;
+    let metrics_addr = exporter.as_ref().map(Exporter::addr);
     let store = rt.block_on(store(&rt));
-    let (fs, cache) = rt.block_on(prepare(&cfg, store))?;
+    let (fs, cache) = rt.block_on(prepare(&cfg, store, metrics, metrics_addr))?;
+    if let Some(e) = exporter {
+        let _in_runtime = rt.enter();
+        e.serve(&cfg.metrics, metrics, fs.clone())?;
+    }
     let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
     rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
@@ -306,10 +337,16 @@ async fn check_access(store: &dyn ObjectStore, cfg: &Config) -> Result<(), Mount
 async fn prepare(
     cfg: &Config,
     store: Arc<dyn ObjectStore>,
+    metrics: &Metrics,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<(Arc<S3Fs>, Cache), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
     check_access(store.as_ref(), cfg).await?;
-    let cache = Cache::open(cfg.cache.clone(), store, Arc::new(SystemClock))?;
+    let cache_cfg = crate::cache::CacheConfig {
+        metrics: metrics.cache.clone(),
+        ..cfg.cache.clone()
+    };
+    let cache = Cache::open(cache_cfg, store, Arc::new(SystemClock))?;
     let c = &cfg.cache;
     info!(
         mountpoint = %cfg.mount.mountpoint.display(),
@@ -336,6 +373,8 @@ async fn prepare(
             dir_mode: cfg.mount.dir_mode,
             readahead_files: cfg.mount.readahead_files,
             readahead_max_size: cfg.cache.part_size,
+            read_metrics: metrics.reads.clone(),
+            metrics_addr,
         },
         cache.clone(),
     );

@@ -144,6 +144,7 @@ impl Inner {
         known: Option<ObjectMeta>,
         may_evict: bool,
     ) -> Result<Arc<Fill>, CacheError> {
+        let asked = std::time::Instant::now();
         let disk = self.disk()?;
         let part = self.cfg.part_size.max(64 * 1024);
         let (etag, size, body) = self.first_part(bucket, key, part, known).await?;
@@ -185,9 +186,13 @@ impl Inner {
             FillCtx {
                 store: self.store.clone(),
                 stats: self.stats.clone(),
+                metrics: self.cfg.metrics.clone(),
             },
         );
         fill.read_ahead = !may_evict;
+        fill.started = asked;
+        // Only an open waits for these bytes; a download ahead of use has no one waiting.
+        fill.cold_open = parking_lot::Mutex::new(may_evict.then_some(asked));
         let fill = Arc::new(fill);
         if body.is_some() {
             fill.mark_first_in_flight();
@@ -245,6 +250,9 @@ impl Inner {
         let url = s3_url(&fill.bucket, &fill.key);
         match result {
             Ok(sums) => {
+                let took = fill.started.elapsed();
+                let m = &self.cfg.metrics;
+                m.filled(&fill.bucket, crate::store::metrics::ORIGIN, fill.size, took);
                 // The flight ends when the committer has put it in the index (or found
                 // it replaced by a newer version's download, and dropped it).
                 disk.pending.lock().push(Pending {

@@ -21,8 +21,10 @@ use super::checksum::{ChecksumBuilder, Checksums, plain_md5};
 use super::config::CacheError;
 use super::db::BLOCK_SIZE;
 use super::key::CacheKey;
+use super::metrics::CacheMetrics;
 use super::ranges::RangeSet;
 use super::stats::{Stats, add};
+use crate::store::metrics::ORIGIN;
 use crate::store::{ByteStream, ObjectStore, StoreError};
 
 /// Attempts per part (each resumes from the last byte received).
@@ -63,6 +65,7 @@ struct State {
 pub(crate) struct FillCtx {
     pub store: Arc<dyn ObjectStore>,
     pub stats: Arc<Stats>,
+    pub metrics: CacheMetrics,
 }
 
 pub(crate) struct Fill {
@@ -81,6 +84,11 @@ pub(crate) struct Fill {
     /// Started by directory read-ahead: its version was learned by its own first GET,
     /// moments before the open that joins it.
     pub read_ahead: bool,
+    /// When the download was asked for (its first request), for its throughput.
+    pub started: std::time::Instant,
+    /// When the open that started it asked for it, until its first bytes land: how long
+    /// a cold open waits for its first byte. None for downloads ahead of use.
+    pub cold_open: Mutex<Option<std::time::Instant>>,
     part_size: u64,
     state: Mutex<State>,
     progress: watch::Sender<u64>,
@@ -113,6 +121,8 @@ impl Fill {
             file: Mutex::new(Some(Arc::new(file))),
             tmp_name,
             read_ahead: false,
+            started: std::time::Instant::now(),
+            cold_open: Mutex::new(None),
             part_size,
             state: Mutex::new(State {
                 landed: RangeSet::default(),
@@ -362,6 +372,12 @@ impl Fill {
                     }
                 })?;
                 self.state.lock().landed.insert(pos..pos + take as u64);
+                if pos == 0
+                    && let Some(asked) = self.cold_open.lock().take()
+                {
+                    let m = &self.ctx.metrics;
+                    m.first_byte(&self.bucket, ORIGIN, asked.elapsed());
+                }
                 pos += take as u64;
                 add(&self.ctx.stats.bytes_from_s3, take as u64);
                 self.bump();

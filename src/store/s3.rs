@@ -1,4 +1,4 @@
-//! [`ObjectStore`] over the AWS SDK: the only file that imports `aws-*`.
+//! [`ObjectStore`] over the AWS SDK: with `s3/errors.rs`, the only code that imports `aws-*`.
 //!
 //! Retries are ours, not the SDK's: each request is tried up to `max_attempts` times with
 //! capped exponential backoff and jitter, all within `request_timeout` whatever the retry
@@ -15,12 +15,10 @@ use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::EncodingType;
 use aws_smithy_types::date_time::DateTime as SmithyDateTime;
 use parking_lot::Mutex;
@@ -28,6 +26,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::breaker::{Breaker, PROBE_INTERVAL, PROBE_TIMEOUT};
+use errors::map_err;
+use super::metrics::{Op, StoreMetrics};
 use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult, s3_url};
 
 /// How to reach the store. Everything optional falls back to the SDK's normal chain
@@ -51,6 +51,8 @@ pub struct S3Options {
     /// Fixed (access key, secret key), bypassing the environment and profile files
     /// entirely. For tests and embedding; the command line never sets it.
     pub static_credentials: Option<(String, String)>,
+    /// Where request latencies, retries and throttles are recorded (`/metrics`).
+    pub metrics: StoreMetrics,
 }
 
 impl S3Options {
@@ -70,6 +72,7 @@ impl Default for S3Options {
             attempt_timeout: Duration::from_secs(10),
             request_timeout: S3Options::DEFAULT_REQUEST_TIMEOUT,
             static_credentials: None,
+            metrics: StoreMetrics::default(),
         }
     }
 }
@@ -82,6 +85,7 @@ pub struct S3Store {
     breaker: Arc<Breaker>,
     /// A bucket requests went to, for the probe to ask about (any answer will do).
     probe_bucket: Arc<Mutex<Option<String>>>,
+    metrics: StoreMetrics,
 }
 
 impl S3Store {
@@ -127,6 +131,7 @@ impl S3Store {
             request_timeout: opts.request_timeout,
             breaker: Arc::new(Breaker::new(&endpoint)),
             probe_bucket: Arc::new(Mutex::new(None)),
+            metrics: opts.metrics.clone(),
         }
     }
 
@@ -150,18 +155,25 @@ impl S3Store {
     /// Runs one request: up to `max_attempts` attempts within `request_timeout`, retrying
     /// throttling and network or server failures with backoff. A request that ends without
     /// any answer marks the endpoint unreachable; any answer marks it reachable.
-    async fn call<T, F, Fut>(&self, what: &str, bucket: Option<&str>, attempt: F) -> StoreResult<T>
+    async fn call<T, F, Fut>(
+        &self,
+        op: Op,
+        what: &str,
+        bucket: Option<&str>,
+        attempt: F,
+    ) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        self.call_within(what, bucket, self.request_timeout, attempt)
+        self.call_within(op, what, bucket, self.request_timeout, attempt)
             .await
     }
 
     /// [`S3Store::call`] with its own time limit.
     async fn call_within<T, F, Fut>(
         &self,
+        op: Op,
         what: &str,
         bucket: Option<&str>,
         within: Duration,
@@ -184,6 +196,7 @@ impl S3Store {
         let mut n = 0;
         loop {
             n += 1;
+            let sent = std::time::Instant::now();
             let answer = match tokio::time::timeout_at(deadline, attempt()).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::NoAnswer(format!(
@@ -192,6 +205,9 @@ impl S3Store {
                     within.as_secs_f64()
                 ))),
             };
+            let took = sent.elapsed();
+            let result = answer.as_ref().map(|_| ());
+            self.metrics.attempt(op, bucket, took, result);
             let err = match answer {
                 Ok(v) => {
                     self.breaker.answered();
@@ -218,6 +234,7 @@ impl S3Store {
                 return Err(err);
             }
             debug!(%what, attempt = n, error = %err, "retrying");
+            self.metrics.retry(op, bucket);
             tokio::time::sleep(pause).await;
         }
     }
@@ -275,117 +292,6 @@ fn backoff(attempt: u32, throttled: bool) -> Duration {
     Duration::from_millis(cap / 2 + rand::random::<u64>() % (cap / 2 + 1))
 }
 
-/// One place that turns SDK errors into the store's small enum, with a message of one
-/// line: what the server or the network said. The SDK's full error (which can run to a
-/// kilobyte of debug output) goes to the debug log only. No request headers reach either,
-/// so no credentials or signatures are logged.
-fn map_err<E, R>(err: SdkError<E, R>, target: &str) -> StoreError
-where
-    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + HasStatus + Send + Sync + 'static,
-{
-    debug!(%target, error = %DisplayErrorContext(&err), "S3 request failed");
-    let status = err.raw_response().map(|r| r.status_code());
-    let msg = format!("{target}: {}", describe(&err, status));
-    match (&err, status) {
-        (_, Some(404)) => StoreError::NotFound(target.to_string()),
-        (_, Some(403)) => StoreError::AccessDenied(msg),
-        (_, Some(412)) => StoreError::PreconditionFailed(target.to_string()),
-        (_, Some(429)) | (_, Some(503)) => StoreError::Throttled(msg),
-        (_, Some(s)) if s >= 500 => StoreError::Transient(msg),
-        (SdkError::DispatchFailure(_), _) if credentials_error(&err).is_some() => {
-            StoreError::NoCredentials(msg)
-        }
-        (SdkError::DispatchFailure(d), _) if d.is_user() => StoreError::Other(msg),
-        (SdkError::TimeoutError(_), _) | (SdkError::DispatchFailure(_), _) => {
-            StoreError::NoAnswer(msg)
-        }
-        // The server answered something unreadable: only a cut-off body is worth retrying.
-        (SdkError::ResponseError(_), _) if io_error(&err) => StoreError::Transient(msg),
-        _ => StoreError::Other(msg),
-    }
-}
-
-/// What went wrong, in one line: the server's error code and message, or the innermost
-/// cause of a network failure.
-fn describe<E, R>(err: &SdkError<E, R>, status: Option<u16>) -> String
-where
-    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    match err {
-        SdkError::ServiceError(s) => {
-            let e = s.err();
-            match (e.code(), e.message()) {
-                (Some(c), Some(m)) => format!("{c}: {m}"),
-                (Some(c), None) => c.to_string(),
-                _ => match status {
-                    Some(st) => format!("HTTP {st}"),
-                    None => "the server refused the request".into(),
-                },
-            }
-        }
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(d) => {
-            if let Some(c) = credentials_error(err) {
-                return format!("no usable credentials: {c}");
-            }
-            let root = root_cause(err);
-            if d.is_timeout() {
-                format!("connection timed out ({root})")
-            } else if d.is_io() {
-                format!("network error: {root}")
-            } else {
-                root
-            }
-        }
-        SdkError::ResponseError(_) => format!("unreadable response: {}", root_cause(err)),
-        _ => root_cause(err),
-    }
-}
-
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = err;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-fn credentials_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a CredentialsError> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            return Some(c);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn io_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
-        if e.is::<std::io::Error>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-trait HasStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
 fn to_system_time(t: Option<&SmithyDateTime>) -> Option<SystemTime> {
     t.and_then(|t| SystemTime::try_from(*t).ok())
 }
@@ -427,7 +333,7 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call_within("ListBuckets", None, within, || async {
+                .call_within(Op::List, "ListBuckets", None, within, || async {
                     self.client
                         .list_buckets()
                         .set_continuation_token(token.clone())
@@ -450,7 +356,7 @@ impl ObjectStore for S3Store {
 
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
         let target = format!("s3://{bucket}");
-        self.call(&target, Some(bucket), || async {
+        self.call(Op::Head, &target, Some(bucket), || async {
             self.client
                 .head_bucket()
                 .bucket(bucket)
@@ -484,7 +390,7 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call_within(&target, Some(bucket), within, || async {
+                .call_within(Op::List, &target, Some(bucket), within, || async {
                     let mut req = self
                         .client
                         .list_objects_v2()
@@ -552,7 +458,7 @@ impl ObjectStore for S3Store {
     ) -> StoreResult<ObjectMeta> {
         let target = s3_url(bucket, key);
         let out = self
-            .call_within(&target, Some(bucket), within, || async {
+            .call_within(Op::Head, &target, Some(bucket), within, || async {
                 self.client
                     .head_object()
                     .bucket(bucket)
@@ -588,7 +494,7 @@ impl ObjectStore for S3Store {
             return Err(StoreError::Other(format!("{target}: empty range {r:?}")));
         }
         let out = self
-            .call(&target, Some(bucket), || async {
+            .call(Op::Get, &target, Some(bucket), || async {
                 let mut req = self.client.get_object().bucket(bucket).key(key);
                 if let Some(r) = &range {
                     req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
@@ -681,5 +587,6 @@ fn parse_content_range(s: &str) -> Option<ContentRange> {
     (start <= end).then_some(ContentRange { start, end, total })
 }
 
+mod errors;
 #[cfg(test)]
 mod tests;
