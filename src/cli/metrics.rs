@@ -134,7 +134,13 @@ mod tests {
         assert_eq!(a("127.0.0.1:0").expect("v4").port(), 0);
         assert!(a("[::1]:9100").expect("v6").ip().is_loopback());
         assert!(a("localhost:9100").expect("localhost").ip().is_loopback());
-        for bad in ["9100", "example.com:9100", "127.0.0.1", "127.0.0.1:99999", ""] {
+        for bad in [
+            "9100",
+            "example.com:9100",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "",
+        ] {
             let e = a(bad).expect_err(bad);
             assert!(e.to_string().contains("--metrics-addr"), "{e}");
         }
@@ -150,7 +156,9 @@ mod tests {
             parse_label(&o(), "url=a=b").expect("= in the value").1,
             "a=b"
         );
-        for bad in ["host", "=x", "1host=x", "ho-st=x", "__x=y", "bucket=b", "k="] {
+        for bad in [
+            "host", "=x", "1host=x", "ho-st=x", "__x=y", "bucket=b", "k=",
+        ] {
             let e = parse_label(&o(), bad).expect_err(bad);
             assert!(e.to_string().contains("--metrics-label"), "{e}");
         }

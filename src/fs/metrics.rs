@@ -16,8 +16,8 @@ use crate::store::metrics::ORIGIN;
 
 /// 10 µs (a pread of a page-cached block) to 10 s (a read waiting on a slow S3).
 const READ_LATENCY_BUCKETS: [f64; 18] = [
-    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The `tier` label of bytes served from the cache's own disk.

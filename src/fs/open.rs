@@ -67,7 +67,9 @@ impl S3Fs {
             cache_file: handle.file().cloned(),
         };
         let timer = self.cfg.read_metrics.for_open(&bucket, handle.outcome);
-        self.files.lock().insert(fh, OpenFile::Object(handle, timer));
+        self.files
+            .lock()
+            .insert(fh, OpenFile::Object(handle, timer));
         if !direct {
             self.read_ahead_after(ino);
         }

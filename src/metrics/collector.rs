@@ -31,30 +31,54 @@ pub const GAUGES: &[&str] = &[
 /// What the fields of `.cache-stats` mean, for the HELP lines (units in the name or
 /// here). A field missing from this list is exported all the same, with a plain help.
 const HELP: &[(&str, &str)] = &[
-    ("enabled", "1 when the mount has a local cache, 0 with --no-cache"),
+    (
+        "enabled",
+        "1 when the mount has a local cache, 0 with --no-cache",
+    ),
     ("hits", "Opens answered from the local cache"),
     ("misses", "Opens that had to go to S3"),
-    ("hit_rate", "hits / (hits + misses) since the mount started, 0 to 1"),
+    (
+        "hit_rate",
+        "hits / (hits + misses) since the mount started, 0 to 1",
+    ),
     ("entry_count", "Objects in the cache"),
     ("total_size", "Bytes in the cache"),
     ("max_size", "Size limit of the cache, in bytes"),
     ("max_entries", "Entry limit of the cache"),
     ("evictions", "Entries removed to stay within the limits"),
     ("expirations", "Entries found older than the TTL"),
-    ("etag_validations", "HEAD requests made to check a cached copy's ETag"),
+    (
+        "etag_validations",
+        "HEAD requests made to check a cached copy's ETag",
+    ),
     ("etag_mismatches", "Cached copies found replaced on S3"),
-    ("stale_served", "Cached copies or listings served because S3 did not answer"),
-    ("corruptions", "Cache files whose bytes did not match their checksum"),
+    (
+        "stale_served",
+        "Cached copies or listings served because S3 did not answer",
+    ),
+    (
+        "corruptions",
+        "Cache files whose bytes did not match their checksum",
+    ),
     ("bytes_from_s3", "Bytes downloaded from S3"),
     ("bytes_from_cache", "Bytes served from the local cache"),
     ("downloads_in_flight", "Downloads into the cache under way"),
     ("errors", "Errors (EIO) returned to programs"),
-    ("passthrough_opens", "Opens the kernel reads itself (FUSE passthrough)"),
+    (
+        "passthrough_opens",
+        "Opens the kernel reads itself (FUSE passthrough)",
+    ),
     ("read_requests", "Read requests s3cachefs answered itself"),
-    ("prefetches", "Downloads started ahead of use (directory read-ahead)"),
+    (
+        "prefetches",
+        "Downloads started ahead of use (directory read-ahead)",
+    ),
     ("not_kept", "Objects read but not kept, for lack of room"),
     ("downloads_failed", "Downloads into the cache that failed"),
-    ("disk_full_events", "Writes to the cache that found its disk full"),
+    (
+        "disk_full_events",
+        "Writes to the cache that found its disk full",
+    ),
     ("s3_unreachable", "1 while S3 cannot be reached"),
     ("uptime_seconds", "Seconds since the mount started"),
     ("inodes", "Inodes the mount holds"),

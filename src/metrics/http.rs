@@ -72,7 +72,10 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 
 fn answer(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");

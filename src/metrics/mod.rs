@@ -102,7 +102,8 @@ impl Exporter {
             let addr = l.local_addr()?;
             Ok((l, addr))
         };
-        let (listener, addr) = bind().map_err(|source| MetricsError::Bind { addr: want, source })?;
+        let (listener, addr) =
+            bind().map_err(|source| MetricsError::Bind { addr: want, source })?;
         Ok(Some(Exporter { listener, addr }))
     }
 
@@ -145,8 +146,9 @@ fn registry(opts: &MetricsOptions, metrics: &Metrics, fs: Arc<S3Fs>) -> Registry
     // The counters of a one-bucket mount are all of that bucket; those of a mount of
     // every bucket are of no one bucket, and carry no bucket label.
     let stats = match &fs.config().source {
-        Source::Bucket { bucket, .. } => registry
-            .sub_registry_with_label((Cow::Borrowed("bucket"), Cow::Owned(bucket.clone()))),
+        Source::Bucket { bucket, .. } => {
+            registry.sub_registry_with_label((Cow::Borrowed("bucket"), Cow::Owned(bucket.clone())))
+        }
         Source::AllBuckets => &mut registry,
     };
     stats.register_collector(Box::new(collector::StatsCollector::new(fs)));

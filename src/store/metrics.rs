@@ -239,7 +239,9 @@ impl StoreMetrics {
     /// A request about to be tried again.
     pub(crate) fn retry(&self, op: Op, bucket: Option<&str>) {
         let Some(f) = &self.families else { return };
-        f.retries.get_or_create(&self.op_labels(f, op, bucket)).inc();
+        f.retries
+            .get_or_create(&self.op_labels(f, op, bucket))
+            .inc();
     }
 }
 

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::breaker::{Breaker, PROBE_INTERVAL, PROBE_TIMEOUT};
-use errors::map_err;
 use super::metrics::{Op, StoreMetrics};
 use super::{GetObject, Listing, ObjectMeta, ObjectStore, StoreError, StoreResult, s3_url};
+use errors::map_err;
 
 /// How to reach the store. Everything optional falls back to the SDK's normal chain
 /// (environment, `~/.aws/config`, instance metadata).

@@ -34,7 +34,9 @@ fn get(addr: &str, path: &str, accept: Option<&str>) -> (String, String, String)
     let mut s = TcpStream::connect(addr).expect("connect to /metrics");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
@@ -137,7 +139,10 @@ fn metrics_after_a_miss_and_a_hit_agree_with_cache_stats() {
         .as_str()
         .unwrap_or_else(|| panic!("metrics_addr in .cache-stats: {stats}"))
         .to_string();
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
     let logged = format!("http://{addr}/metrics");
     wait_until(
         || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&logged)),
@@ -193,7 +198,10 @@ fn metrics_after_a_miss_and_a_hit_agree_with_cache_stats() {
         } else {
             value(&all, &gauge, &bkt)
         };
-        assert_eq!(got, want, "{field}: /metrics says {got}, .cache-stats {want}");
+        assert_eq!(
+            got, want,
+            "{field}: /metrics says {got}, .cache-stats {want}"
+        );
         compared += 1;
     }
     assert!(compared >= 20, "only {compared} fields compared");
@@ -247,10 +255,7 @@ fn metrics_after_a_miss_and_a_hit_agree_with_cache_stats() {
 
 /// Runs `s3cachefs` expecting exit `code` within a few seconds; returns its stderr.
 fn exits(mut cmd: Command, code: i32) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .expect("run s3cachefs");
+    let out = cmd.stdin(Stdio::null()).output().expect("run s3cachefs");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(code), "{stderr}");
     stderr
@@ -286,13 +291,67 @@ fn a_remote_metrics_address_needs_allow_remote_and_a_busy_port_fails_the_mount()
     ]);
     let e = exits(cmd, 2);
     assert!(e.contains("--metrics-label"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once"
+    );
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let port = busy.local_addr().expect("addr").to_string();
     let mut cmd = mount_cmd(&env, &mnt, &env.cache_dir());
     cmd.args(["--foreground", "--metrics-addr", &port]);
     let e = exits(cmd, 1);
-    assert!(e.contains(&format!("cannot serve metrics on {port}")), "{e}");
+    assert!(
+        e.contains(&format!("cannot serve metrics on {port}")),
+        "{e}"
+    );
     assert!(!crate::mount::is_mounted(&mnt));
+}
+
+/// The store records every attempt: a throttled one and a failed one, each retried, show
+/// in the throttle and retry counters and in the latency histogram under their outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttles_and_retries_are_counted_by_operation() {
+    use prometheus_client::registry::Registry;
+    use s3cachefs::store::{BucketLabels, ObjectStore, S3Store, StoreMetrics};
+
+    let env = Env::new();
+    env.server.put("bkt", "k", "hello");
+    let metrics = StoreMetrics::new(std::sync::Arc::new(BucketLabels::new(Some("bkt".into()))));
+    let store = S3Store::new(&s3cachefs::store::S3Options {
+        metrics: metrics.clone(),
+        ..env.s3_options()
+    })
+    .await;
+    env.server
+        .faults
+        .fail(Some(crate::s3server::Kind::Head), 1, 503);
+    store.head("bkt", "k").await.expect("HEAD after a 503");
+    env.server
+        .faults
+        .fail(Some(crate::s3server::Kind::Get), 1, 500);
+    store
+        .get_range("bkt", "k", None, None)
+        .await
+        .expect("GET after a 500");
+
+    let mut registry = Registry::with_prefix("s3cachefs");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).expect("encode");
+    let all = parse("text", &text);
+    let op = |op| [("op", op), ("bucket", "bkt"), ("tier", "origin")];
+    assert_eq!(
+        value(&all, "s3cachefs_s3_throttles_total", &op("HEAD")),
+        1.0
+    );
+    assert_eq!(value(&all, "s3cachefs_s3_retries_total", &op("HEAD")), 1.0);
+    assert_eq!(value(&all, "s3cachefs_s3_retries_total", &op("GET")), 1.0);
+    assert!(samples(&all, "s3cachefs_s3_throttles_total", &op("GET")).is_empty());
+    let count = "s3cachefs_s3_request_latency_seconds_count";
+    let attempts = |op, outcome| value(&all, count, &[("op", op), ("outcome", outcome)]);
+    assert_eq!(attempts("HEAD", "throttled"), 1.0);
+    assert_eq!(attempts("HEAD", "ok"), 1.0);
+    assert_eq!(attempts("GET", "transient"), 1.0);
+    assert_eq!(attempts("GET", "ok"), 1.0);
 }
