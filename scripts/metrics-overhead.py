@@ -108,7 +108,10 @@ def run(a):
     cpu = {"off": [], "on": [], "scraped": []}
     scrapes = []
     for r in range(a.runs):
-        for cfg in ("off", "on", "scraped"):
+        # Every other round in reverse order, so a machine that speeds up or slows down
+        # during the run favours no configuration.
+        order = ("off", "on", "scraped") if r % 2 == 0 else ("scraped", "on", "off")
+        for cfg in order:
             mnt = a.off if cfg == "off" else a.on
             pid = a.pid_off if cfg == "off" else a.pid_on
             scraper = None
@@ -139,6 +142,17 @@ def run(a):
                 flush=True,
             )
     med = {k: statistics.median(v) for k, v in results.items()}
+    # Ratios within each round (measured seconds apart), then their median: steadier
+    # on a shared machine than the ratio of medians taken minutes apart.
+    paired = {
+        "scraped_over_on": statistics.median(
+            s / o for s, o in zip(results["scraped"], results["on"])
+        ),
+        "on_over_off": statistics.median(
+            o / f for o, f in zip(results["on"], results["off"])
+        ),
+    }
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     ratio_on = med["on"] / med["off"]
     ratio_scraped = med["scraped"] / med["on"]
     ratio_total = med["scraped"] / med["off"]
@@ -147,8 +161,17 @@ def run(a):
         f"scraped {med['scraped']:.1f} MB/s"
     )
     print(
-        f"scraped/on {ratio_scraped:.4f} ({(1 - ratio_scraped) * 100:+.2f}% cost), "
-        f"on/off {ratio_on:.4f}, scraped/off {ratio_total:.4f}"
+        f"ratio of medians: scraped/on {ratio_scraped:.4f}, on/off {ratio_on:.4f}, "
+        f"scraped/off {ratio_total:.4f}"
+    )
+    print(
+        f"median of per-round ratios: scraped/on {paired['scraped_over_on']:.4f} "
+        f"(scraping costs {(1 - paired['scraped_over_on']) * 100:.2f}%), "
+        f"on/off {paired['on_over_off']:.4f}"
+    )
+    print(
+        "mount process CPU (median, share of one core): "
+        + ", ".join(f"{k} {v:.1%}" for k, v in cpu_med.items())
     )
     print(
         json.dumps(
@@ -159,6 +182,8 @@ def run(a):
                 "scraped_over_on": ratio_scraped,
                 "on_over_off": ratio_on,
                 "scraped_over_off": ratio_total,
+                "paired": paired,
+                "mount_cpu_median": cpu_med,
                 "scrapes": scrapes,
             }
         )
