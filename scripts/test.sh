@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 need=()
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The metrics tests read /metrics with the Prometheus project's own Python parser; the
+# test looks for it in the python3 on PATH, then in Debian's.
+if ! { python3 -c 'import prometheus_client' || /usr/bin/python3 -c 'import prometheus_client'; } \
+    >/dev/null 2>&1; then
+    need+=(python3-prometheus-client)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -19,9 +19,11 @@ use crate::config::{
 };
 use crate::store::S3Options;
 
+mod metrics;
 mod raw;
 mod shared;
 
+pub use metrics::MetricsArgs;
 use raw::Raw;
 use shared::SharedArgs;
 pub use shared::{GcArgs, SharedAction, SharedCommandArgs};
@@ -518,6 +520,9 @@ pub struct MountArgs {
     )]
     pub passthrough: Option<String>,
 
+    #[command(flatten, next_help_heading = "Metrics")]
+    pub metrics: MetricsArgs,
+
     #[command(flatten)]
     pub log: LogArgs,
     /// Where a background mount logs [default: <cache dir>/s3cachefs.log]
@@ -545,6 +550,7 @@ impl MountArgs {
             cache: self.cache_config(&raw, &s3)?,
             shared: self.shared.to_settings(&raw, &s3)?,
             s3,
+            metrics: self.metrics.to_options(&raw)?,
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cache::CacheConfig;
 pub use crate::fs::Source;
 use crate::fuse::FuseOptions;
+pub use crate::metrics::MetricsOptions;
 use crate::store::S3Options;
 
 // The defaults belong to the layers that use the settings; here in the units of the
@@ -74,6 +75,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The shared cache tier, when one is given.
     pub shared: Option<SharedSettings>,
+    /// `/metrics`: off unless an address is given.
+    pub metrics: MetricsOptions,
 }
 
 /// The shared cache tier: where it is, how to reach it, how this mount uses it.

@@ -74,6 +74,10 @@ const OPTIONS: &[(&str, Arg, &str)] = &[
         "--shared-max-object-size-mb",
     ),
     ("shared_read_only", Arg::Flag, "--shared-read-only"),
+    ("metrics_addr", Arg::Value, "--metrics-addr"),
+    ("metrics_allow_remote", Arg::Flag, "--metrics-allow-remote"),
+    // Repeated for more labels: metrics_label=host=web-1,metrics_label=role=etl
+    ("metrics_label", Arg::Value, "--metrics-label"),
     ("verbose", Arg::Flag, "-v"),
 ];
 

@@ -18,7 +18,11 @@
 //!   and the shutdown from its caller, so tests mount in-process over a `MemoryStore`.
 //! - [`config`]: the validated settings of a whole mount, made of the lower layers' own
 //!   settings ([`cache::CacheConfig`], [`store::S3Options`], [`fs::Source`],
-//!   [`fuse::FuseOptions`]).
+//!   [`fuse::FuseOptions`], [`metrics::MetricsOptions`]).
+//! - [`metrics`]: Prometheus `/metrics` of a mount (`--metrics-addr`): the `.cache-stats`
+//!   numbers read at each scrape, and the histograms the lower layers record through
+//!   recorders they own ([`store::StoreMetrics`], [`cache::CacheMetrics`],
+//!   [`fs::ReadMetrics`]); its HTTP server (hyper).
 //! - [`control`]: a running mount's control socket (`<cache dir>/control.sock`): the
 //!   server the mount runs, the client the commands use, and the registry that finds the
 //!   socket from a mountpoint.
@@ -28,17 +32,19 @@
 //! - [`fs`]: filesystem logic with no FUSE types: `types` (its vocabulary), `inode`
 //!   (numbers and what is known of each path), `listing` (directories from S3), `open`
 //!   (open handles and reads), `readahead` (directories read in order), `error` (errno
-//!   mapping); `.cache-stats` in `mod.rs`.
+//!   mapping), `metrics` (read latency); `.cache-stats` in `mod.rs`.
 //! - [`cache`]: the read-through cache behind the [`cache::Cache`] facade (`mod.rs`):
 //!   `handle` (what an open returns), `download` and `fill` (one download per key, its
 //!   ranged GETs), `direct` (reads straight from S3), `disk` (the directory, the LRU
 //!   index and its redb copy kept in agreement: group commits, eviction, TTL, the check
 //!   at start), `layout`, `index`, `db`, `key`, `stats` (the `.cache-stats` counters),
-//!   `config`; [`cache::inspect`] reads an unmounted cache directory; [`cache::shared`]
-//!   the tier many hosts share in a bucket (block format, reads, uploads, gc), asked
-//!   between the local cache and the origin inside a fill (`fill/shared.rs`).
+//!   `config`, `metrics` (first-byte latency, download speed); [`cache::inspect`] reads an
+//!   unmounted cache directory; [`cache::shared`] the tier many hosts share in a bucket
+//!   (block format, reads, uploads, gc), asked between the local cache and the origin
+//!   inside a fill (`fill/shared.rs`).
 //! - [`store`]: the [`store::ObjectStore`] trait and its S3 implementation; the only
-//!   module that sees the AWS SDK.
+//!   module that sees the AWS SDK. `store::metrics`: S3 request latency, retries and
+//!   throttles, and the bounded `bucket` label every layer's metrics use.
 
 pub mod admin;
 pub mod cache;
@@ -49,6 +55,7 @@ pub mod daemon;
 pub mod fs;
 pub mod fstab;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;
 pub mod store;
 pub mod warming;

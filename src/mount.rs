@@ -1,6 +1,7 @@
 //! Putting a mount together: check the mountpoint, reach S3, open the cache, mount, serve
 //! until unmounted or signalled, close the cache cleanly. Alongside: the control socket
-//! (`s3cachefs stats/clear/warm`) and a periodic summary of the counters in the log.
+//! (`s3cachefs stats/clear/warm`), `/metrics` when asked for, and a periodic summary of
+//! the counters in the log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use crate::config::{Config, SharedSettings, Source};
 use crate::control::{self, ControlServer};
 use crate::fs::{FsConfig, S3Fs};
 use crate::fuse;
+use crate::metrics::{Exporter, Metrics, MetricsError};
+use crate::store::metrics::{SHARED, StoreMetrics};
 use crate::store::{ObjectStore, S3Options, S3Store, StoreError};
 use futures::FutureExt;
 
@@ -32,6 +35,8 @@ pub enum MountError {
     },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Checks that `path` can take a mount: an existing directory, not already mounted.
@@ -113,15 +118,17 @@ pub type Ready = Result<Vec<String>, String>;
 /// Mounts according to `cfg` and serves until unmounted or SIGINT/SIGTERM. `ready` is
 /// called once (see [`Ready`]).
 pub fn run(cfg: Config, ready: impl FnOnce(Ready)) -> Result<(), MountError> {
+    let metrics = Metrics::new(&cfg.metrics, &cfg.mount.source);
     // No wait on S3 may outlast the read timeout, whatever the retry settings.
     let s3 = S3Options {
         request_timeout: cfg.cache.read_timeout,
+        metrics: metrics.store.clone(),
         ..cfg.s3.clone()
     };
     let store = |_: &tokio::runtime::Runtime| async move {
         Arc::new(S3Store::new(&s3).await) as Arc<dyn ObjectStore>
     };
-    serve(cfg, store, signalled(), ready)
+    serve_with(cfg, metrics, store, signalled(), ready)
 }
 
 /// [`run`] with the store and the end given: the store is made on the mount's runtime
@@ -137,13 +144,30 @@ where
     S: FnOnce(&tokio::runtime::Runtime) -> F,
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
+    // A store made by the caller records no requests; the rest of the metrics work.
+    let metrics = Metrics::new(&cfg.metrics, &cfg.mount.source);
+    serve_with(cfg, metrics, store, shutdown, ready)
+}
+
+/// [`serve`] with the recorders the store was made with.
+fn serve_with<S, F>(
+    cfg: Config,
+    metrics: Metrics,
+    store: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(Ready),
+) -> Result<(), MountError>
+where
+    S: FnOnce(&tokio::runtime::Runtime) -> F,
+    F: std::future::Future<Output = Arc<dyn ObjectStore>>,
+{
     let mut ready = Some(ready);
     let mut tell = |r: Ready| {
         if let Some(f) = ready.take() {
             f(r);
         }
     };
-    let result = serve_inner(cfg, store, shutdown, &mut tell);
+    let result = serve_inner(cfg, &metrics, store, shutdown, &mut tell);
     if let Err(e) = &result {
         tell(Err(e.to_string()));
     }
@@ -167,6 +191,7 @@ async fn signalled() {
 
 fn serve_inner<S, F>(
     cfg: Config,
+    metrics: &Metrics,
     store: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     tell: &mut impl FnMut(Ready),
@@ -184,8 +209,15 @@ where
         .thread_name("s3cachefs")
         .build()
         .map_err(MountError::Runtime)?;
+    // Bound first: a port in use fails the mount before it touches S3.
+    let exporter = Exporter::bind(&cfg.metrics)?;
+    let metrics_addr = exporter.as_ref().map(Exporter::addr);
     let store = rt.block_on(store(&rt));
-    let (fs, cache, warnings) = rt.block_on(prepare(&cfg, store))?;
+    let (fs, cache, warnings) = rt.block_on(prepare(&cfg, store, metrics, metrics_addr))?;
+    if let Some(e) = exporter {
+        let _in_runtime = rt.enter();
+        e.serve(&cfg.metrics, metrics, fs.clone())?;
+    }
     let control = start_control(&rt, &cache, &cfg.mount.mountpoint);
     rt.spawn(log_summaries(cache.clone(), SUMMARY_INTERVAL));
     let mut mounted =
@@ -314,6 +346,8 @@ async fn check_access(store: &dyn ObjectStore, cfg: &Config) -> Result<(), Mount
 async fn prepare(
     cfg: &Config,
     store: Arc<dyn ObjectStore>,
+    metrics: &Metrics,
+    metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<(Arc<S3Fs>, Cache, Vec<String>), MountError> {
     let endpoint = cfg.s3.endpoint_url.as_deref();
     let (access, shared) = tokio::join!(
@@ -321,12 +355,17 @@ async fn prepare(
         start_shared(
             cfg.shared.as_ref(),
             cfg.s3.endpoint_url.as_deref(),
-            cfg.cache.enabled
+            cfg.cache.enabled,
+            metrics.store.for_tier(SHARED),
         )
     );
     access?;
     let (shared, warnings) = shared;
-    let cache = Cache::open_tiered(cfg.cache.clone(), store, shared, Arc::new(SystemClock))?;
+    let cache_cfg = crate::cache::CacheConfig {
+        metrics: metrics.cache.clone(),
+        ..cfg.cache.clone()
+    };
+    let cache = Cache::open_tiered(cache_cfg, store, shared, Arc::new(SystemClock))?;
     let c = &cfg.cache;
     info!(
         mountpoint = %cfg.mount.mountpoint.display(),
@@ -353,6 +392,8 @@ async fn prepare(
             dir_mode: cfg.mount.dir_mode,
             readahead_files: cfg.mount.readahead_files,
             readahead_max_size: cfg.cache.part_size,
+            read_metrics: metrics.reads.clone(),
+            metrics_addr,
         },
         cache.clone(),
     );
@@ -382,6 +423,7 @@ async fn start_shared(
     s: Option<&SharedSettings>,
     origin_endpoint: Option<&str>,
     cache_enabled: bool,
+    store_metrics: StoreMetrics,
 ) -> (Option<Arc<SharedTier>>, Vec<String>) {
     let Some(s) = s else {
         return (None, Vec::new());
@@ -395,6 +437,7 @@ async fn start_shared(
     // Reads give up quickly (the origin is there); uploads take their time.
     let writer = S3Options {
         shared_tier: true,
+        metrics: store_metrics,
         ..s.s3.clone()
     };
     let reader = S3Options {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::db::DbError;
 use super::index::TooLarge;
 use super::layout::LayoutError;
+use super::metrics::CacheMetrics;
 use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct CacheConfig {
     pub fill_concurrency: usize,
     /// Longest a read waits for its bytes before failing with EIO.
     pub read_timeout: Duration,
+    /// Where first-byte latencies and download speeds are recorded (`/metrics`).
+    pub metrics: CacheMetrics,
 }
 
 impl CacheConfig {
@@ -55,6 +58,7 @@ impl CacheConfig {
             part_size: Self::DEFAULT_PART_SIZE,
             fill_concurrency: Self::DEFAULT_FILL_CONCURRENCY,
             read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            metrics: CacheMetrics::default(),
         }
     }
 

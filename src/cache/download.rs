@@ -145,6 +145,7 @@ impl Inner {
         known: Option<ObjectMeta>,
         may_evict: bool,
     ) -> Result<Arc<Fill>, CacheError> {
+        let asked = std::time::Instant::now();
         let disk = self.disk()?;
         let part = self.cfg.part_size.max(64 * 1024);
         let (etag, size, first) = self.first_part(bucket, key, part, known).await?;
@@ -186,10 +187,15 @@ impl Inner {
             FillCtx {
                 store: self.store.clone(),
                 stats: self.stats.clone(),
+                metrics: self.cfg.metrics.clone(),
             },
         );
         fill.read_ahead = !may_evict;
         fill.blocks = self.blocks_of(bucket, key, &etag, size, part);
+        fill.first_from_shared = matches!(first, Some(First::Shared(_)));
+        fill.started = asked;
+        // Only an open waits for these bytes; a download ahead of use has no one waiting.
+        fill.cold_open = parking_lot::Mutex::new(may_evict.then_some(asked));
         let fill = Arc::new(fill);
         if first.is_some() {
             fill.mark_first_in_flight();
@@ -286,6 +292,9 @@ impl Inner {
         match result {
             Ok(sums) => {
                 fill.share_origin_parts();
+                let took = fill.started.elapsed();
+                let m = &self.cfg.metrics;
+                m.filled(&fill.bucket, fill.tier(), fill.size, took);
                 // The flight ends when the committer has put it in the index (or found
                 // it replaced by a newer version's download, and dropped it).
                 disk.pending.lock().push(Pending {

@@ -21,10 +21,12 @@ use super::checksum::{ChecksumBuilder, Checksums, plain_md5};
 use super::config::CacheError;
 use super::db::BLOCK_SIZE;
 use super::key::CacheKey;
+use super::metrics::CacheMetrics;
 use super::ranges::RangeSet;
 use super::shared::block::Version;
 use super::shared::{BlockReader, SharedTier};
 use super::stats::{Stats, add};
+use crate::store::metrics::{ORIGIN, SHARED};
 use crate::store::{ByteStream, ObjectStore, StoreError};
 
 /// Attempts per part (each resumes from the last byte received).
@@ -87,6 +89,7 @@ struct State {
 pub(crate) struct FillCtx {
     pub store: Arc<dyn ObjectStore>,
     pub stats: Arc<Stats>,
+    pub metrics: CacheMetrics,
 }
 
 pub(crate) struct Fill {
@@ -107,6 +110,13 @@ pub(crate) struct Fill {
     pub read_ahead: bool,
     /// Parts are asked of the shared tier before the origin.
     pub blocks: Option<Blocks>,
+    /// The first part came from the shared tier (the `tier` label of its metrics).
+    pub first_from_shared: bool,
+    /// When the download was asked for (its first request), for its throughput.
+    pub started: std::time::Instant,
+    /// When the open that started it asked for it, until its first bytes land: how long
+    /// a cold open waits for its first byte. None for downloads ahead of use.
+    pub cold_open: Mutex<Option<std::time::Instant>>,
     part_size: u64,
     state: Mutex<State>,
     progress: watch::Sender<u64>,
@@ -140,6 +150,9 @@ impl Fill {
             tmp_name,
             read_ahead: false,
             blocks: None,
+            first_from_shared: false,
+            started: std::time::Instant::now(),
+            cold_open: Mutex::new(None),
             part_size,
             state: Mutex::new(State {
                 landed: RangeSet::default(),
@@ -170,6 +183,17 @@ impl Fill {
     pub(crate) fn mark_first_in_flight(&self) {
         if let Some(p) = self.state.lock().parts.first_mut() {
             *p = Part::InFlight;
+        }
+    }
+
+    /// Where this download's bytes came from, as the metrics' `tier` label says it:
+    /// `shared` when every part came from the shared tier, else `origin`.
+    pub(crate) fn tier(&self) -> &'static str {
+        let st = self.state.lock();
+        if !st.from.is_empty() && st.from.iter().all(|f| *f == PartFrom::Shared) {
+            SHARED
+        } else {
+            ORIGIN
         }
     }
 
@@ -412,6 +436,12 @@ impl Fill {
                     }
                 })?;
                 self.state.lock().landed.insert(pos..pos + take as u64);
+                if pos == 0
+                    && let Some(asked) = self.cold_open.lock().take()
+                {
+                    let m = &self.ctx.metrics;
+                    m.first_byte(&self.bucket, ORIGIN, asked.elapsed());
+                }
                 pos += take as u64;
                 add(&self.ctx.stats.bytes_from_s3, take as u64);
                 self.bump();

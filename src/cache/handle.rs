@@ -149,6 +149,17 @@ impl ObjectHandle {
     }
 
     /// The complete cache file, when this handle reads from one (for FUSE passthrough).
+    /// Where the open's bytes come from, as the metrics' `tier` label says it: `local`
+    /// (a cache file), `shared` (a download whose first part came from the shared tier)
+    /// or `origin`.
+    pub fn tier(&self) -> &'static str {
+        match &self.source {
+            Source::File(_) => crate::store::metrics::LOCAL,
+            Source::Filling(f) if f.first_from_shared => crate::store::metrics::SHARED,
+            Source::Filling(_) | Source::Direct(_) => crate::store::metrics::ORIGIN,
+        }
+    }
+
     pub fn file(&self) -> Option<&Arc<File>> {
         match &self.source {
             Source::File(f) => Some(&f.file),

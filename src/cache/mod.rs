@@ -19,7 +19,8 @@
 //! - `layout.rs`: the directory (shards, `tmp/`, the lock); `index.rs`: the in-memory LRU
 //!   index and the limits; `db.rs`: the index on disk (redb).
 //! - `key.rs`, `clock.rs`, `ranges.rs`, `stats.rs`: cache keys, time, byte ranges, the
-//!   counters behind `.cache-stats`. `inspect.rs`: a cache directory no mount has open.
+//!   counters behind `.cache-stats`. `metrics.rs`: first-byte latency and download speed
+//!   for `/metrics`. `inspect.rs`: a cache directory no mount has open.
 
 mod checksum;
 mod clock;
@@ -34,6 +35,7 @@ mod index;
 pub mod inspect;
 mod key;
 mod layout;
+mod metrics;
 mod ranges;
 pub mod shared;
 mod stats;
@@ -46,6 +48,7 @@ pub use handle::{ObjectHandle, Outcome};
 pub use index::{Entry, Index, NoRoom, TooLarge};
 pub use key::CacheKey;
 pub use layout::{INDEX_FILE, LayoutError, check_dir, open_private_append};
+pub use metrics::CacheMetrics;
 pub(crate) use stats::Stats;
 pub use stats::StatsSnapshot;
 

@@ -10,11 +10,13 @@
 mod error;
 mod inode;
 mod listing;
+mod metrics;
 mod open;
 mod readahead;
 mod types;
 
 pub use error::FsError;
+pub use metrics::ReadMetrics;
 pub use types::{
     Attr, DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, DEFAULT_METADATA_TTL, DEFAULT_READAHEAD_FILES,
     DirEntry, FsConfig, FsStats, Kind, Opened, ROOT_INO, STATS_INO, STATS_NAME, Source,
@@ -33,9 +35,10 @@ use tracing::warn;
 
 use crate::cache::{Cache, ObjectHandle};
 use inode::{InodeTable, Node, NodeData};
+use metrics::ReadTimer;
 
 enum OpenFile {
-    Object(ObjectHandle),
+    Object(ObjectHandle, ReadTimer),
     Stats(Bytes),
 }
 
@@ -55,6 +58,16 @@ pub struct S3Fs {
     warned: Mutex<HashSet<String>>,
     /// Inodes an open was refused with ESTALE, and when (see `refuse_stale`).
     refused: Mutex<HashMap<u64, Instant>>,
+}
+
+/// What `.cache-stats` shows: the cache's counters, then what the mount itself holds.
+#[derive(serde::Serialize)]
+struct StatsDoc {
+    #[serde(flatten)]
+    cache: crate::cache::StatsSnapshot,
+    inodes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
 }
 
 /// How soon after an ESTALE an open of the same inode counts as the kernel's retry.
@@ -152,19 +165,23 @@ impl S3Fs {
     }
 
     pub fn stats_json(&self) -> Bytes {
-        #[derive(serde::Serialize)]
-        struct Doc {
-            #[serde(flatten)]
-            cache: crate::cache::StatsSnapshot,
-            inodes: usize,
-        }
-        let doc = Doc {
-            cache: self.cache.stats(),
-            inodes: self.inodes.lock().len(),
-        };
-        let mut s = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        let mut s = serde_json::to_vec_pretty(&self.stats_doc()).unwrap_or_default();
         s.push(b'\n');
         Bytes::from(s)
+    }
+
+    /// The `.cache-stats` document as JSON values, for `/metrics`: the same numbers the
+    /// file shows, read at the same moment.
+    pub fn stats_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.stats_doc()).unwrap_or_default()
+    }
+
+    fn stats_doc(&self) -> StatsDoc {
+        StatsDoc {
+            cache: self.cache.stats(),
+            inodes: self.inodes.lock().len(),
+            metrics_addr: self.cfg.metrics_addr.map(|a| a.to_string()),
+        }
     }
 
     /// Counts an error a program sees as EIO (`errors` in `.cache-stats`) and passes it on.
@@ -283,6 +300,8 @@ mod tests {
                 dir_mode: 0o555,
                 readahead_files: readahead,
                 readahead_max_size: CacheConfig::DEFAULT_PART_SIZE,
+                read_metrics: ReadMetrics::default(),
+                metrics_addr: None,
             },
             cache,
         )

@@ -66,7 +66,13 @@ impl S3Fs {
             keep_cache,
             cache_file: handle.file().cloned(),
         };
-        self.files.lock().insert(fh, OpenFile::Object(handle));
+        let timer = self
+            .cfg
+            .read_metrics
+            .for_open(&bucket, handle.outcome, handle.tier());
+        self.files
+            .lock()
+            .insert(fh, OpenFile::Object(handle, timer));
         if !direct {
             self.read_ahead_after(ino);
         }
@@ -252,25 +258,30 @@ impl S3Fs {
         match files.get(&fh) {
             None => Some(Err(FsError::BadHandle)),
             Some(OpenFile::Stats(b)) => Some(Ok(slice(b, offset, size))),
-            Some(OpenFile::Object(h)) => {
-                let h = h.clone();
+            Some(OpenFile::Object(h, timer)) => {
+                let (h, timer) = (h.clone(), timer.clone());
                 drop(files);
+                let started = timer.start();
                 // Object reads only: passthrough tests watch this stay still.
                 self.cache.count_read_request();
-                h.try_read(offset, size as usize)
-                    .map(|r| r.map_err(|e| self.counted(FsError::from_cache(&e))))
+                let read = h.try_read(offset, size as usize)?;
+                timer.done(started);
+                Some(read.map_err(|e| self.counted(FsError::from_cache(&e))))
             }
         }
     }
 
     /// A read that may wait on S3 (call [`S3Fs::read_fast`] first).
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let h = match self.files.lock().get(&fh) {
-            Some(OpenFile::Object(h)) => h.clone(),
+        let (h, timer) = match self.files.lock().get(&fh) {
+            Some(OpenFile::Object(h, timer)) => (h.clone(), timer.clone()),
             Some(OpenFile::Stats(b)) => return Ok(slice(b, offset, size)),
             None => return Err(FsError::BadHandle),
         };
-        h.read(offset, size as usize).await.map_err(|e| {
+        let started = timer.start();
+        let read = h.read(offset, size as usize).await;
+        timer.done(started);
+        read.map_err(|e| {
             if !matches!(e.store_error(), Some(StoreError::Unavailable(_))) {
                 warn!(url = %crate::cache::s3_url(&h.bucket, &h.key), error = %e, "read failed");
             }
@@ -282,7 +293,7 @@ impl S3Fs {
     /// as served from the cache, since its reads never reach us.
     pub fn passthrough_opened(&self, fh: u64) {
         let size = match self.files.lock().get(&fh) {
-            Some(OpenFile::Object(h)) => h.size,
+            Some(OpenFile::Object(h, _)) => h.size,
             _ => return,
         };
         self.cache.count_passthrough_open(size);

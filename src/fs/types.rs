@@ -29,6 +29,11 @@ pub struct FsConfig {
     pub readahead_files: usize,
     /// Only objects up to this size are fetched ahead.
     pub readahead_max_size: u64,
+    /// Where read latencies are recorded (`/metrics`).
+    pub read_metrics: super::ReadMetrics,
+    /// Where `/metrics` is served, shown in `.cache-stats` (the port may have been
+    /// chosen at random: `--metrics-addr 127.0.0.1:0`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What `open` tells the kernel besides the handle.

@@ -4,10 +4,12 @@
 
 mod breaker;
 mod memory;
+pub mod metrics;
 mod none;
 mod s3;
 
 pub use memory::MemoryStore;
+pub use metrics::{BucketLabels, StoreMetrics};
 pub use none::NoStore;
 pub use s3::{S3Options, S3Store};
 

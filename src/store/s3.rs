@@ -1,4 +1,4 @@
-//! [`ObjectStore`] over the AWS SDK: the only file that imports `aws-*`.
+//! [`ObjectStore`] over the AWS SDK: with `s3/errors.rs`, the only code that imports `aws-*`.
 //!
 //! Retries are ours, not the SDK's: each request is tried up to `max_attempts` times with
 //! capped exponential backoff and jitter, all within `request_timeout` whatever the retry
@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::breaker::{Breaker, PROBE_INTERVAL, PROBE_TIMEOUT};
+use super::metrics::{Op, StoreMetrics};
 use super::{GetObject, Listing, ObjectMeta, ObjectStore, Put, StoreError, StoreResult, s3_url};
 use errors::map_err;
 
@@ -54,6 +55,8 @@ pub struct S3Options {
     /// This is the shared cache tier's store, not the origin: its being unreachable is
     /// reported by the tier (in origin words it would say the wrong thing).
     pub shared_tier: bool,
+    /// Where request latencies, retries and throttles are recorded (`/metrics`).
+    pub metrics: StoreMetrics,
 }
 
 impl S3Options {
@@ -74,6 +77,7 @@ impl Default for S3Options {
             request_timeout: S3Options::DEFAULT_REQUEST_TIMEOUT,
             static_credentials: None,
             shared_tier: false,
+            metrics: StoreMetrics::default(),
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct S3Store {
     breaker: Arc<Breaker>,
     /// A bucket requests went to, for the probe to ask about (any answer will do).
     probe_bucket: Arc<Mutex<Option<String>>>,
+    metrics: StoreMetrics,
 }
 
 impl S3Store {
@@ -135,6 +140,7 @@ impl S3Store {
                 Breaker::new(&endpoint)
             }),
             probe_bucket: Arc::new(Mutex::new(None)),
+            metrics: opts.metrics.clone(),
         }
     }
 
@@ -158,18 +164,25 @@ impl S3Store {
     /// Runs one request: up to `max_attempts` attempts within `request_timeout`, retrying
     /// throttling and network or server failures with backoff. A request that ends without
     /// any answer marks the endpoint unreachable; any answer marks it reachable.
-    async fn call<T, F, Fut>(&self, what: &str, bucket: Option<&str>, attempt: F) -> StoreResult<T>
+    async fn call<T, F, Fut>(
+        &self,
+        op: Op,
+        what: &str,
+        bucket: Option<&str>,
+        attempt: F,
+    ) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        self.call_within(what, bucket, self.request_timeout, attempt)
+        self.call_within(op, what, bucket, self.request_timeout, attempt)
             .await
     }
 
     /// [`S3Store::call`] with its own time limit.
     async fn call_within<T, F, Fut>(
         &self,
+        op: Op,
         what: &str,
         bucket: Option<&str>,
         within: Duration,
@@ -192,6 +205,7 @@ impl S3Store {
         let mut n = 0;
         loop {
             n += 1;
+            let sent = std::time::Instant::now();
             let answer = match tokio::time::timeout_at(deadline, attempt()).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::NoAnswer(format!(
@@ -200,6 +214,9 @@ impl S3Store {
                     within.as_secs_f64()
                 ))),
             };
+            let took = sent.elapsed();
+            let result = answer.as_ref().map(|_| ());
+            self.metrics.attempt(op, bucket, took, result);
             let err = match answer {
                 Ok(v) => {
                     self.breaker.answered();
@@ -226,6 +243,7 @@ impl S3Store {
                 return Err(err);
             }
             debug!(%what, attempt = n, error = %err, "retrying");
+            self.metrics.retry(op, bucket);
             tokio::time::sleep(pause).await;
         }
     }
@@ -324,7 +342,7 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call_within("ListBuckets", None, within, || async {
+                .call_within(Op::List, "ListBuckets", None, within, || async {
                     self.client
                         .list_buckets()
                         .set_continuation_token(token.clone())
@@ -347,7 +365,7 @@ impl ObjectStore for S3Store {
 
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
         let target = format!("s3://{bucket}");
-        self.call(&target, Some(bucket), || async {
+        self.call(Op::Head, &target, Some(bucket), || async {
             self.client
                 .head_bucket()
                 .bucket(bucket)
@@ -381,7 +399,7 @@ impl ObjectStore for S3Store {
         let mut token: Option<String> = None;
         loop {
             let page = self
-                .call_within(&target, Some(bucket), within, || async {
+                .call_within(Op::List, &target, Some(bucket), within, || async {
                     let mut req = self
                         .client
                         .list_objects_v2()
@@ -449,7 +467,7 @@ impl ObjectStore for S3Store {
     ) -> StoreResult<ObjectMeta> {
         let target = s3_url(bucket, key);
         let out = self
-            .call_within(&target, Some(bucket), within, || async {
+            .call_within(Op::Head, &target, Some(bucket), within, || async {
                 self.client
                     .head_object()
                     .bucket(bucket)
@@ -518,7 +536,7 @@ impl S3Store {
             return Err(StoreError::Other(format!("{target}: empty range {r:?}")));
         }
         let out = self
-            .call(&target, Some(bucket), || async {
+            .call(Op::Get, &target, Some(bucket), || async {
                 let mut req = self.client.get_object().bucket(bucket).key(key);
                 if let Some(r) = &range {
                     req = req.range(format!("bytes={}-{}", r.start, r.end - 1));

@@ -41,6 +41,7 @@ fn an_in_process_mount_over_a_memory_store_serves_and_ends_on_its_shutdown() {
         s3: S3Options::default(),
         cache: cache_config(&tmp.path().join("cache")),
         shared: None,
+        metrics: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -9,6 +9,7 @@ mod common;
 mod faults;
 mod index_model;
 mod inprocess;
+mod metrics;
 mod mount;
 mod offline;
 mod ops;

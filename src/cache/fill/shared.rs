@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Fill, PartFrom, write_all_at};
 use crate::cache::shared::{BlockReader, Miss, UploadJob};
+use crate::store::metrics::SHARED;
 
 impl Fill {
     /// Lands part `i` from the shared tier (from `reader` when its GET is already open)
@@ -43,6 +44,12 @@ impl Fill {
             }
             let end = at + bytes.len() as u64;
             self.state.lock().landed.insert(at..end);
+            if at == 0
+                && let Some(asked) = self.cold_open.lock().take()
+            {
+                let m = &self.ctx.metrics;
+                m.first_byte(&self.bucket, SHARED, asked.elapsed());
+            }
             pos = end;
             b.tier
                 .counters

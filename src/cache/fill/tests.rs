@@ -90,6 +90,7 @@ fn fill_of(store: Arc<Faulty>, etag: &str, size: u64) -> (Arc<Fill>, tempfile::N
     let tmp = tempfile::NamedTempFile::new().expect("temp file");
     let file = tmp.reopen().expect("reopen");
     let ctx = FillCtx {
+        metrics: Default::default(),
         store,
         stats: Arc::new(Stats::default()),
     };

@@ -1,4 +1,4 @@
-//! SDK errors to the store's small [`StoreError`] enum, with messages of one line.
+//! SDK errors turned into the store's small [`StoreError`] enum, with messages of one line.
 
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::S3Store;
 use super::errors::map_err;
+use crate::store::metrics::Op;
 use crate::store::{Put, StoreError, StoreResult, s3_url};
 
 /// DeleteObjects takes at most this many keys per request.
@@ -25,7 +26,7 @@ impl S3Store {
         // The server checks the body against it and keeps it for GETs that ask.
         let sha256 = aws_smithy_types::base64::encode(Sha256::digest(&body));
         let sent = self
-            .call(&target, Some(bucket), || async {
+            .call(Op::Put, &target, Some(bucket), || async {
                 let mut req = self
                     .client
                     .put_object()
@@ -61,7 +62,7 @@ impl S3Store {
                 .build()
                 .map_err(|e| StoreError::Other(format!("{target}: {e}")))?;
             let out = self
-                .call(&target, Some(bucket), || async {
+                .call(Op::Delete, &target, Some(bucket), || async {
                     self.client
                         .delete_objects()
                         .bucket(bucket)
