@@ -653,32 +653,12 @@ async fn rewrite_listing(
 
 /// The ETag s3s-fs recorded for an object, from its internal info file.
 fn stored_etag(root: &Path, bucket: &str, key: &str) -> Option<String> {
-    let name = format!(
-        ".bucket-{}.object-{}.internal.json",
-        base64_url(bucket.as_bytes()),
-        base64_url(key.as_bytes())
-    );
+    // s3s-fs names the file by URL-safe base64 of bucket and key, without padding.
+    let b64 = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+    let name = format!(".bucket-{}.object-{}.internal.json", b64(bucket), b64(key));
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join(name)).ok()?).ok()?;
     info.get("e_tag")?.as_str().map(str::to_string)
-}
-
-/// URL-safe base64 without padding, as s3s-fs names its internal files.
-fn base64_url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 fn xml_unescape(s: &str) -> String {
