@@ -201,6 +201,7 @@ where
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
     check_mountpoint(&cfg.mount.mountpoint)?;
+    raise_open_files_limit();
     if let Some(hidden) = hidden_by_mount(&cfg.mount.mountpoint) {
         warn!("{hidden}");
     }
@@ -248,6 +249,26 @@ where
         path: cfg.mount.mountpoint.display().to_string(),
         source,
     })
+}
+
+/// Raises the soft limit of open files to the hard one: downloads, open cache files and
+/// queued uploads to a shared tier each hold a file open, and the usual soft limit
+/// (1024) is a default from another era; the hard limit is what the system allows.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                debug!(soft, "could not raise the open files limit");
+            }
+        }
+    }
 }
 
 /// How often the log gets a summary of the cache counters.

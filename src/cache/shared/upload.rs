@@ -14,8 +14,10 @@ use super::SharedTier;
 use super::block::{self, Version};
 use crate::store::Put;
 
-/// Uploads waiting at most; more are dropped (and counted).
-const QUEUE: usize = 256;
+/// Uploads waiting at most; more are dropped (and counted). A directory of 1,000 small
+/// files read while big blocks upload must fit; but each job holds its cache file open,
+/// so at most a quarter of the open files limit (see [`queue_len`]).
+const QUEUE: usize = 2048;
 /// Uploads under way at once.
 const WORKERS: usize = 4;
 
@@ -27,8 +29,23 @@ pub(crate) struct UploadJob {
     pub file: Arc<File>,
 }
 
+/// [`QUEUE`], or a quarter of the open files limit when that is less (at least 64).
+fn queue_len() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct given.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (files / 4).clamp(64, QUEUE as u64) as usize
+}
+
 pub(super) fn start_workers(tier: &Arc<SharedTier>) -> mpsc::Sender<UploadJob> {
-    let (tx, rx) = mpsc::channel::<UploadJob>(QUEUE);
+    let (tx, rx) = mpsc::channel::<UploadJob>(queue_len());
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..WORKERS {
         let (rx, tier) = (rx.clone(), Arc::downgrade(tier));
