@@ -1,5 +1,5 @@
 //! The shared tier's side of a fill: a part is landed from the tier's block, a verified
-//! piece (256 KiB) at a time, as far as the block goes; the origin takes the rest (see `run_part`).
+//! piece (64 KiB) at a time, as far as the block goes; the origin takes the rest (see `run_part`).
 //! After the fill verifies, the parts that came wholly from the origin are shared.
 
 use std::sync::Arc;
