@@ -500,6 +500,11 @@ def run(a):
         print("    stats                 " + ", ".join(f"{k} {st.get(k)}" for k in keys))
         print(f"                          bytes_from_s3 {st.get('bytes_from_s3', 0) / MIB:.0f} MiB, "
               f"bytes_from_cache {st.get('bytes_from_cache', 0) / MIB:.0f} MiB")
+        if st.get("shared_state", "off") != "off":
+            keys = ["shared_state", "shared_hits", "shared_misses", "shared_errors", "shared_corrupt",
+                    "shared_uploads", "shared_uploads_dropped"]
+            print("    shared tier           " + ", ".join(f"{k} {st.get(k)}" for k in keys)
+                  + f", bytes_from_shared {st.get('bytes_from_shared', 0) / MIB:.0f} MiB")
     print(f"    mount log             {logs['WARN']} WARN, {logs['ERROR']} ERROR, {logs['panic']} panics")
     for w in warnings:
         print("    WARNING: " + w)

@@ -36,6 +36,8 @@ usage: scripts/soak.sh [options]
                          each open must read one version whole (default 0: never)
   --no-passthrough       mount with --passthrough false (reads of cached files go through
                          s3cachefs instead of the kernel reading the cache file directly)
+  --shared               also a shared cache tier, on a second server (with faults of its
+                         own unless --no-faults): what the cache evicts comes back from it
   --work-dir DIR         where objects, cache, mountpoint and logs go (default: new dir in /var/tmp)
   --keep                 keep the work dir afterwards
   --no-build             use the binaries already in target/release
@@ -58,6 +60,7 @@ LATENCY=0
 SEED=
 FAULT_INTERVAL_MS=3000
 FAULTS=1
+SHARED=0
 PASSTHROUGH=true
 OVERWRITE_EVERY=0
 WORK=
@@ -80,6 +83,7 @@ while [ $# -gt 0 ]; do
         --no-faults) FAULTS=0; shift ;;
         --overwrite-every) OVERWRITE_EVERY=$(num "$1" "${2:-}"); shift 2 ;;
         --no-passthrough) PASSTHROUGH=false; shift ;;
+        --shared) SHARED=1; shift ;;
         --work-dir) WORK=${2:?--work-dir needs a directory}; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -121,6 +125,7 @@ CACHE=$WORK/cache
 LOGS=$WORK/logs
 mkdir -p "$SRC_ROOT" "$MNT" "$LOGS" "$WORK/bin"
 SERVER_PID=
+TIER_PID=
 MOUNT_PID=
 SOAK_PID=
 BIN=$WORK/bin/s3cachefs
@@ -151,10 +156,10 @@ cleanup() {
         # A dead process leaves its mountpoint busy: detach it.
         fusermount3 -uz "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
     fi
-    if [ -n "$SERVER_PID" ]; then
-        kill "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    for pid in $SERVER_PID $TIER_PID; do
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     if mountpoint -q "$MNT" 2>/dev/null; then
         say "$MNT is still mounted; left $WORK in place"
     elif [ "$KEEP" = 1 ]; then
@@ -205,6 +210,27 @@ done
 [ -n "$ENDPOINT" ] || die "the server printed no endpoint (see $LOGS/server.log)"
 echo "    $ENDPOINT$([ "$FAULTS" = 1 ] && echo ", a new fault every $FAULT_INTERVAL_MS ms")"
 
+SHARED_ARGS=()
+if [ "$SHARED" = 1 ]; then
+    say "shared cache tier: a second S3 server on 127.0.0.1"
+    mkdir -p "$WORK/tier/tier"
+    TIER_ARGS=(--root "$WORK/tier" --port 0 --latency "$LATENCY")
+    if [ "$FAULTS" = 1 ]; then
+        TIER_ARGS+=(--faults --fault-seed "$((SEED + 1))" --fault-interval-ms "$FAULT_INTERVAL_MS")
+    fi
+    "$WORK/bin/s3server" "${TIER_ARGS[@]}" >"$LOGS/tier.log" 2>&1 &
+    TIER_PID=$!
+    TIER=
+    for _ in $(seq 1 100); do
+        TIER=$(grep -o 'http://127.0.0.1:[0-9]*' "$LOGS/tier.log" 2>/dev/null | head -1 || true)
+        [ -n "$TIER" ] && break
+        sleep 0.05
+    done
+    [ -n "$TIER" ] || die "the tier's server printed no endpoint (see $LOGS/tier.log)"
+    echo "    $TIER"
+    SHARED_ARGS=(--shared-cache s3://tier/soak --shared-endpoint-url "$TIER")
+fi
+
 export AWS_ACCESS_KEY_ID=test-access-key AWS_SECRET_ACCESS_KEY=test-secret-key
 export AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_CA_BUNDLE AWS_ENDPOINT_URL AWS_SESSION_TOKEN
@@ -212,7 +238,8 @@ unset AWS_PROFILE AWS_CA_BUNDLE AWS_ENDPOINT_URL AWS_SESSION_TOKEN
 say "s3cachefs mount (cache limits $MAX_SIZE_MB MiB, $MAX_ENTRIES entries; read timeout $READ_TIMEOUT s; passthrough $PASSTHROUGH)"
 "$BIN" mount "$MNT" --endpoint-url "$ENDPOINT" --force-path-style \
     --cache-dir "$CACHE" --cache-max-size-mb "$MAX_SIZE_MB" --cache-max-entries "$MAX_ENTRIES" \
-    --metadata-ttl 5 --read-timeout "$READ_TIMEOUT" --passthrough "$PASSTHROUGH" --log-file "$LOGS/s3cachefs.log"
+    --metadata-ttl 5 --read-timeout "$READ_TIMEOUT" --passthrough "$PASSTHROUGH" --log-file "$LOGS/s3cachefs.log" \
+    "${SHARED_ARGS[@]}"
 # The mount process holds the cache dir's lock file, which names it.
 MOUNT_PID=$(tr -dc '0-9' <"$CACHE/.lock" 2>/dev/null || true)
 if ! [[ $MOUNT_PID =~ ^[0-9]+$ ]] || ! kill -0 "$MOUNT_PID" 2>/dev/null; then

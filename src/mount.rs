@@ -201,7 +201,7 @@ where
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
     check_mountpoint(&cfg.mount.mountpoint)?;
-    raise_open_files_limit();
+    return_large_buffers();
     if let Some(hidden) = hidden_by_mount(&cfg.mount.mountpoint) {
         warn!("{hidden}");
     }
@@ -251,23 +251,15 @@ where
     })
 }
 
-/// Raises the soft limit of open files to the hard one: downloads, open cache files and
-/// queued uploads to a shared tier each hold a file open, and the usual soft limit
-/// (1024) is a default from another era; the hard limit is what the system allows.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+/// Makes buffers of 4 MiB and more (a shared-tier block being uploaded, as big as a
+/// part) go back to the system when freed. By default glibc raises its mmap threshold
+/// after the first such free and keeps later ones in its per-thread arenas: under a
+/// steady stream of uploads that held hundreds of MiB.
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; called before the threads start.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                debug!(soft, "could not raise the open files limit");
-            }
-        }
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 

@@ -11,9 +11,10 @@ use tracing::warn;
 
 use super::checksum::Checksums;
 use super::config::CacheError;
-use super::disk::{Flight, Pending};
+use super::disk::{Disk, Flight, Pending};
 use super::fill::{Blocks, Fill, FillCtx, FillFailure, First};
 use super::key::CacheKey;
+use super::shared::OpenFile;
 use super::shared::block::Version;
 use super::stats::bump;
 use super::{Cache, Inner};
@@ -130,6 +131,25 @@ impl Cache {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Opens the cache file of a verified fill, for its uploads to the shared tier: the
+/// download's own file while the fill is alive, then the entry in the cache if it is
+/// still of this version; `None` once the cache no longer has it.
+fn cache_file_opener(fill: &Arc<Fill>, disk: &Arc<Disk>) -> OpenFile {
+    let (fill_w, disk_w) = (Arc::downgrade(fill), Arc::downgrade(disk));
+    let (k, etag) = (fill.cache_key, fill.etag.clone());
+    Arc::new(move || {
+        if let Some(file) = fill_w.upgrade().and_then(|f| f.file()) {
+            return Some(file);
+        }
+        let disk = disk_w.upgrade()?;
+        let current = disk.index.lock().peek(&k).is_some_and(|e| e.etag == etag);
+        if !current {
+            return None;
+        }
+        disk.layout.open_entry(&k).ok().map(Arc::new)
+    })
 }
 
 impl Inner {
@@ -291,7 +311,9 @@ impl Inner {
         let url = s3_url(&fill.bucket, &fill.key);
         match result {
             Ok(sums) => {
-                fill.share_origin_parts();
+                if fill.blocks.is_some() {
+                    fill.share_origin_parts(cache_file_opener(fill, disk));
+                }
                 let took = fill.started.elapsed();
                 let m = &self.cfg.metrics;
                 m.filled(&fill.bucket, fill.tier(), fill.size, took);

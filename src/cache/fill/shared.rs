@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Fill, PartFrom, write_all_at};
-use crate::cache::shared::{BlockReader, Miss, UploadJob};
+use crate::cache::shared::{BlockReader, Miss, OpenFile, UploadJob};
 use crate::store::metrics::SHARED;
 
 impl Fill {
@@ -63,10 +63,9 @@ impl Fill {
     }
 
     /// Queues for upload every part that came wholly from the origin: call once the fill
-    /// has verified.
-    pub(crate) fn share_origin_parts(&self) {
+    /// has verified. `open` opens its cache file when an upload's turn comes.
+    pub(crate) fn share_origin_parts(&self, open: OpenFile) {
         let Some(b) = &self.blocks else { return };
-        let Some(file) = self.file() else { return };
         let origin: Vec<usize> = {
             let st = self.state.lock();
             st.from
@@ -80,7 +79,7 @@ impl Fill {
             b.tier.upload(UploadJob {
                 version: b.version.clone(),
                 part: i as u64,
-                file: Arc::clone(&file),
+                open: Arc::clone(&open),
             });
         }
     }

@@ -134,8 +134,44 @@ fn check_of(meta: &Meta) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The whole body of block `part` of `v`, whose bytes are `data`.
-pub fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
+/// The whole body of block `part` of `v`, reading its bytes with `read_at(buf, offset in
+/// the part)` twice (once for the digests, once into the body) so that the only buffer
+/// the size of the part is the body itself.
+pub fn encode_from(
+    v: &Version,
+    part: u64,
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<Bytes> {
+    let range = v.part_range(part);
+    let len = range.end - range.start;
+    let mut piece = vec![0u8; CHUNK.min(len) as usize];
+    let (mut whole, mut digests, mut at) = (Sha256::new(), Vec::new(), 0u64);
+    while at < len {
+        let n = CHUNK.min(len - at) as usize;
+        read_at(&mut piece[..n], at)?;
+        whole.update(&piece[..n]);
+        digests.push(hex::encode(Sha256::digest(&piece[..n])));
+        at += n as u64;
+    }
+    let header = header_bytes(v, part, len, hex::encode(whole.finalize()), digests.clone());
+    let mut out = Vec::with_capacity(12 + header.len() + len as usize);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    let start = out.len();
+    out.resize(start + len as usize, 0);
+    read_at(&mut out[start..], 0)?;
+    // The bytes read the second time must be those hashed the first.
+    let again = out[start..]
+        .chunks(CHUNK as usize)
+        .map(|c| hex::encode(Sha256::digest(c)));
+    if !again.eq(digests) {
+        return Err(std::io::Error::other("the file changed while it was read"));
+    }
+    Ok(Bytes::from(out))
+}
+
+fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<String>) -> Vec<u8> {
     let meta = Meta {
         format: FORMAT,
         origin: v.origin.clone(),
@@ -145,22 +181,28 @@ pub fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
         part_size: v.part_size,
         part,
         offset: v.part_range(part).start,
-        length: data.len() as u64,
+        length: len,
         object_size: v.object_size,
-        sha256: hex::encode(Sha256::digest(data)),
-        chunk_sha256: data
-            .chunks(CHUNK as usize)
-            .map(|c| hex::encode(Sha256::digest(c)))
-            .collect(),
+        sha256,
+        chunk_sha256: digests,
     };
     let check = check_of(&meta);
-    let header = serde_json::to_vec(&Header { meta, check }).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(12 + header.len() + data.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(data);
-    out.freeze()
+    serde_json::to_vec(&Header { meta, check }).unwrap_or_default()
+}
+
+/// The whole body of block `part` of `v`, whose bytes are `data` (the part's length).
+pub fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
+    let read = |buf: &mut [u8], at: u64| {
+        let at = at as usize;
+        match data.get(at..at + buf.len()) {
+            Some(d) => {
+                buf.copy_from_slice(d);
+                Ok(())
+            }
+            None => Err(std::io::Error::other("shorter than the part")),
+        }
+    };
+    encode_from(v, part, read).unwrap_or_default()
 }
 
 /// Why a block was not used although the tier answered.

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::store::{ByteStream, ObjectStore, Put, StoreError, s3_url};
 use block::{Corrupt, Decoder, Version};
-pub(crate) use upload::UploadJob;
+pub(crate) use upload::{OpenFile, UploadJob};
 
 /// Longest a wait for the tier's next bytes may take before the part goes to the origin.
 pub const WAIT: Duration = Duration::from_secs(2);

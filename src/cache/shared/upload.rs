@@ -4,6 +4,7 @@
 //! for happens here.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -14,38 +15,26 @@ use super::SharedTier;
 use super::block::{self, Version};
 use crate::store::Put;
 
-/// Uploads waiting at most; more are dropped (and counted). A directory of 1,000 small
-/// files read while big blocks upload must fit; but each job holds its cache file open,
-/// so at most a quarter of the open files limit (see [`queue_len`]).
+/// Uploads waiting at most; more are dropped (and counted): a directory of 1,000 small
+/// files read while big blocks upload must fit. A job holds no file and no data.
 const QUEUE: usize = 2048;
 /// Uploads under way at once.
 const WORKERS: usize = 4;
 
-/// One part to share: its bytes are read from the (complete, verified) cache file when
-/// its turn comes, so the queue holds no data.
+/// Opens the (complete, verified) cache file holding a part's bytes, if the cache still
+/// has it.
+pub(crate) type OpenFile = Arc<dyn Fn() -> Option<Arc<File>> + Send + Sync>;
+
+/// One part to share. Its cache file is opened when its turn comes, so a queued upload
+/// keeps neither data in memory nor an evicted file's space on disk.
 pub(crate) struct UploadJob {
     pub version: Version,
     pub part: u64,
-    pub file: Arc<File>,
-}
-
-/// [`QUEUE`], or a quarter of the open files limit when that is less (at least 64).
-fn queue_len() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct given.
-    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
-    (files / 4).clamp(64, QUEUE as u64) as usize
+    pub open: OpenFile,
 }
 
 pub(super) fn start_workers(tier: &Arc<SharedTier>) -> mpsc::Sender<UploadJob> {
-    let (tx, rx) = mpsc::channel::<UploadJob>(queue_len());
+    let (tx, rx) = mpsc::channel::<UploadJob>(QUEUE);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     for _ in 0..WORKERS {
         let (rx, tier) = (rx.clone(), Arc::downgrade(tier));
@@ -69,24 +58,22 @@ async fn work(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<UploadJob>>>, tier: Weak
 
 async fn upload(tier: &SharedTier, job: UploadJob) {
     let key = job.version.block_key(&tier.cfg.prefix, job.part);
-    let range = job.version.part_range(job.part);
-    let (file, v, part) = (job.file, job.version, job.part);
-    // Reading and hashing a part takes milliseconds of disk and CPU: off the runtime.
+    let start = job.version.part_range(job.part).start;
+    let (open, v, part) = (job.open, job.version, job.part);
+    // Opening, reading and hashing a part takes milliseconds of disk and CPU: off the
+    // runtime.
     let body = tokio::task::spawn_blocking(move || {
-        let data =
-            crate::cache::fill::pread(&file, range.start, (range.end - range.start) as usize)?;
-        if data.len() as u64 != range.end - range.start {
-            return Err(std::io::Error::other(
-                "the cache file is shorter than the part",
-            ));
-        }
-        Ok(block::encode(&v, part, &data))
+        let file = open().ok_or_else(|| std::io::Error::other("no longer in the cache"))?;
+        block::encode_from(&v, part, |buf, at| file.read_exact_at(buf, start + at))
     })
     .await;
     let body = match body {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            debug!(%key, error = %e, "shared upload: part not readable");
+            tier.counters
+                .uploads_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%key, error = %e, "shared upload: part not uploaded");
             return;
         }
         Err(_) => return,
