@@ -201,7 +201,6 @@ where
     F: std::future::Future<Output = Arc<dyn ObjectStore>>,
 {
     check_mountpoint(&cfg.mount.mountpoint)?;
-    return_large_buffers();
     if let Some(hidden) = hidden_by_mount(&cfg.mount.mountpoint) {
         warn!("{hidden}");
     }
@@ -249,18 +248,6 @@ where
         path: cfg.mount.mountpoint.display().to_string(),
         source,
     })
-}
-
-/// Makes buffers of 4 MiB and more (a shared-tier block being uploaded, as big as a
-/// part) go back to the system when freed. By default glibc raises its mmap threshold
-/// after the first such free and keeps later ones in its per-thread arenas: under a
-/// steady stream of uploads that held hundreds of MiB.
-fn return_large_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator setting; called before the threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
 }
 
 /// How often the log gets a summary of the cache counters.

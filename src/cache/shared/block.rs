@@ -134,14 +134,15 @@ fn check_of(meta: &Meta) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The whole body of block `part` of `v`, reading its bytes with `read_at(buf, offset in
-/// the part)` twice (once for the digests, once into the body) so that the only buffer
-/// the size of the part is the body itself.
-pub fn encode_from(
+/// Writes the whole body of block `part` of `v` into `out` (its allocation is reused),
+/// reading the part's bytes with `read_at(buf, offset in the part)` twice: once for the
+/// digests, once into the body, so that the only buffer the size of a part is `out`.
+pub fn encode_into(
     v: &Version,
     part: u64,
+    out: &mut Vec<u8>,
     mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
-) -> std::io::Result<Bytes> {
+) -> std::io::Result<()> {
     let range = v.part_range(part);
     let len = range.end - range.start;
     let mut piece = vec![0u8; CHUNK.min(len) as usize];
@@ -154,7 +155,8 @@ pub fn encode_from(
         at += n as u64;
     }
     let header = header_bytes(v, part, len, hex::encode(whole.finalize()), digests.clone());
-    let mut out = Vec::with_capacity(12 + header.len() + len as usize);
+    out.clear();
+    out.reserve(12 + header.len() + len as usize);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
@@ -168,7 +170,7 @@ pub fn encode_from(
     if !again.eq(digests) {
         return Err(std::io::Error::other("the file changed while it was read"));
     }
-    Ok(Bytes::from(out))
+    Ok(())
 }
 
 fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<String>) -> Vec<u8> {
@@ -202,7 +204,11 @@ pub fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
             None => Err(std::io::Error::other("shorter than the part")),
         }
     };
-    encode_from(v, part, read).unwrap_or_default()
+    let mut out = Vec::new();
+    match encode_into(v, part, &mut out, read) {
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::new(),
+    }
 }
 
 /// Why a block was not used although the tier answered.

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -43,46 +44,56 @@ pub(super) fn start_workers(tier: &Arc<SharedTier>) -> mpsc::Sender<UploadJob> {
     tx
 }
 
-/// Takes jobs until the queue closes (the tier is dropped, or found unusable).
+/// Takes jobs until the queue closes (the tier is dropped, or found unusable). Each
+/// worker builds its bodies in one buffer it keeps: a new part-sized buffer per upload,
+/// freed on whatever thread, made the allocator's per-thread arenas hold hundreds of MiB.
 async fn work(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<UploadJob>>>, tier: Weak<SharedTier>) {
+    let mut buf = Vec::new();
     loop {
         let job = rx.lock().await.recv().await;
         let Some(job) = job else { return };
         let Some(tier) = tier.upgrade() else { return };
-        upload(&tier, job).await;
+        buf = upload(&tier, job, buf).await;
         tier.counters
             .uploads_pending
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-async fn upload(tier: &SharedTier, job: UploadJob) {
+/// Uploads one part; returns the buffer for the next.
+async fn upload(tier: &SharedTier, job: UploadJob, mut buf: Vec<u8>) -> Vec<u8> {
     let key = job.version.block_key(&tier.cfg.prefix, job.part);
     let start = job.version.part_range(job.part).start;
     let (open, v, part) = (job.open, job.version, job.part);
     // Opening, reading and hashing a part takes milliseconds of disk and CPU: off the
     // runtime.
-    let body = tokio::task::spawn_blocking(move || {
-        let file = open().ok_or_else(|| std::io::Error::other("no longer in the cache"))?;
-        block::encode_from(&v, part, |buf, at| file.read_exact_at(buf, start + at))
+    let built = tokio::task::spawn_blocking(move || {
+        let encoded = open()
+            .ok_or_else(|| std::io::Error::other("no longer in the cache"))
+            .and_then(|file| {
+                block::encode_into(&v, part, &mut buf, |b, at| {
+                    file.read_exact_at(b, start + at)
+                })
+            });
+        (encoded, buf)
     })
     .await;
-    let body = match body {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+    let body = match built {
+        Ok((Ok(()), b)) => Bytes::from(b),
+        Ok((Err(e), b)) => {
             tier.counters
                 .uploads_dropped
                 .fetch_add(1, Ordering::Relaxed);
             debug!(%key, error = %e, "shared upload: part not uploaded");
-            return;
+            return b;
         }
-        Err(_) => return,
+        Err(_) => return Vec::new(),
     };
-    match tier
+    let sent = tier
         .writer
-        .put_object(&tier.cfg.bucket, &key, body, Put::IfAbsent)
-        .await
-    {
+        .put_object(&tier.cfg.bucket, &key, body.clone(), Put::IfAbsent)
+        .await;
+    match sent {
         Ok(true) => {
             tier.counters.uploads.fetch_add(1, Ordering::Relaxed);
         }
@@ -90,4 +101,6 @@ async fn upload(tier: &SharedTier, job: UploadJob) {
         Ok(false) => debug!(%key, "shared upload: block already there"),
         Err(e) => tier.went_wrong(&format!("upload of {key}: {e}")),
     }
+    // The request is done with the body: take its allocation back.
+    body.try_into_mut().map(Vec::from).unwrap_or_default()
 }
