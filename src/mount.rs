@@ -437,6 +437,8 @@ async fn start_shared(
     // Reads give up quickly (the origin is there); uploads take their time.
     let writer = S3Options {
         shared_tier: true,
+        // A PUT sends a whole part within one attempt.
+        attempt_timeout: s.s3.request_timeout,
         metrics: store_metrics,
         ..s.s3.clone()
     };

@@ -148,7 +148,10 @@ fn cache_file_opener(fill: &Arc<Fill>, disk: &Arc<Disk>) -> OpenFile {
         if !current {
             return None;
         }
-        disk.layout.open_entry(&k).ok().map(Arc::new)
+        let file = disk.layout.open_entry(&k).ok()?;
+        // Replaced between the look and the open: not the version to share.
+        let still = disk.index.lock().peek(&k).is_some_and(|e| e.etag == etag);
+        still.then(|| Arc::new(file))
     })
 }
 

@@ -62,6 +62,8 @@ pub(crate) enum PartFrom {
     Origin,
     Shared,
     Both,
+    /// From the origin, in place of a block the tier had corrupt: uploaded over it.
+    Replace,
 }
 
 /// The already open first part of a fill: the GET that started it.
@@ -338,7 +340,7 @@ impl Fill {
             *f = match (lo == part.start, lo >= part.end) {
                 // A corrupt block was deleted: this part, verified with the rest of the
                 // object, takes its place.
-                _ if corrupt => PartFrom::Origin,
+                _ if corrupt => PartFrom::Replace,
                 (true, _) => PartFrom::Origin,
                 (false, true) => PartFrom::Shared,
                 (false, false) => PartFrom::Both,

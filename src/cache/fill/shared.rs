@@ -66,19 +66,20 @@ impl Fill {
     /// has verified. `open` opens its cache file when an upload's turn comes.
     pub(crate) fn share_origin_parts(&self, open: OpenFile) {
         let Some(b) = &self.blocks else { return };
-        let origin: Vec<usize> = {
+        let origin: Vec<(usize, bool)> = {
             let st = self.state.lock();
             st.from
                 .iter()
                 .enumerate()
-                .filter(|(_, f)| **f == PartFrom::Origin)
-                .map(|(i, _)| i)
+                .filter(|(_, f)| matches!(f, PartFrom::Origin | PartFrom::Replace))
+                .map(|(i, f)| (i, *f == PartFrom::Replace))
                 .collect()
         };
-        for i in origin {
+        for (i, replace) in origin {
             b.tier.upload(UploadJob {
                 version: b.version.clone(),
                 part: i as u64,
+                replace,
                 open: Arc::clone(&open),
             });
         }

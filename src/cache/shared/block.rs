@@ -259,6 +259,15 @@ impl Decoder {
         while let Some(piece) = self.next_chunk()? {
             out.push(piece);
         }
+        // More than the header said is not this block: refuse it now, unbuffered.
+        if let Some(m) = &self.meta
+            && self.buf.len() as u64 > m.length - self.done
+        {
+            return Err(Corrupt(format!(
+                "more data than the {} bytes its header says",
+                m.length
+            )));
+        }
         Ok(out)
     }
 

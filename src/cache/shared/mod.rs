@@ -27,6 +27,14 @@ pub(crate) use upload::{OpenFile, UploadJob};
 
 /// Longest a wait for the tier's next bytes may take before the part goes to the origin.
 pub const WAIT: Duration = Duration::from_secs(2);
+/// The slowest a whole block may come, beyond [`WAIT`] for its start: a bound on a tier
+/// that trickles bytes just often enough to beat [`WAIT`], loose enough for a busy one.
+const MIN_RATE: u64 = 1 << 20;
+
+/// How long a block of `len` bytes may take at [`MIN_RATE`].
+fn block_time(len: u64) -> Duration {
+    Duration::from_millis(len.saturating_mul(1000) / MIN_RATE)
+}
 /// Failures in a row that open the breaker.
 const FAILURES_TO_OPEN: u64 = 3;
 /// How long an open breaker keeps the tier out of reads before trying it again.
@@ -191,7 +199,7 @@ impl SharedTier {
         let marker = format!("{dir}probe-{:016x}", rand::random::<u64>());
         let body = Bytes::from_static(b"s3cachefs shared tier probe");
         self.writer
-            .put_object(&self.cfg.bucket, &marker, body.clone(), Put::Overwrite)
+            .put_object(&self.cfg.bucket, &marker, body.clone(), Put::IfAbsent)
             .await?;
         let mut got = self.reader.get_checked(&self.cfg.bucket, &marker).await?;
         let mut read = Vec::new();
@@ -281,8 +289,9 @@ impl SharedTier {
     }
 
     /// A block that does not check out: counted, logged once, and (when this mount
-    /// writes) deleted so a good copy can take its place.
-    async fn found_corrupt(&self, key: &str, c: &Corrupt) {
+    /// writes) deleted in the background, so a good copy can take its place without the
+    /// reader waiting for the delete.
+    fn found_corrupt(&self, key: &str, c: &Corrupt) {
         self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
         let url = s3_url(&self.cfg.bucket, key);
         if !self.warned_corrupt.swap(true, Ordering::Relaxed) {
@@ -291,11 +300,24 @@ impl SharedTier {
             debug!(%url, why = %c.0, "shared cache block refused");
         }
         if !self.cfg.read_only {
-            let _ = self
-                .writer
-                .delete_objects(&self.cfg.bucket, &[key.to_string()])
-                .await;
+            let (writer, bucket, key) = (
+                self.writer.clone(),
+                self.cfg.bucket.clone(),
+                key.to_string(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = writer.delete_objects(&bucket, &[key]).await {
+                    debug!(error = %e, "deleting a corrupt shared block");
+                }
+            });
         }
+    }
+
+    /// An upload failed: counted as a tier error, but it does not keep reads away from
+    /// the tier (a store can take GETs and refuse PUTs).
+    fn upload_failed(&self, why: &str) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        debug!(tier = %self.url(), %why, "shared cache upload failed");
     }
 
     /// Asks for block `part` of `v` and reads up to its verified header: one round trip.
@@ -311,7 +333,9 @@ impl SharedTier {
         let got = tokio::time::timeout(WAIT, self.reader.get_checked(&self.cfg.bucket, &key));
         let body = match got.await {
             Ok(Ok(g)) => g.body,
-            Ok(Err(StoreError::NotFound(_))) => {
+            // AWS answers 403 rather than 404 for a key that is not there when the caller
+            // may not list the bucket: the tier answered, and has no such block for us.
+            Ok(Err(StoreError::NotFound(_) | StoreError::AccessDenied(_))) => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 self.went_well();
                 return Err(Miss::Absent);
@@ -325,10 +349,12 @@ impl SharedTier {
                 return Err(Miss::Failed);
             }
         };
+        let range = v.part_range(part);
         let mut r = BlockReader {
             tier: self.clone(),
             key,
             body,
+            deadline: Instant::now() + WAIT + block_time(range.end - range.start),
             decoder: Decoder::new(v.clone(), part),
             ready: std::collections::VecDeque::new(),
             ended: false,
@@ -369,6 +395,8 @@ pub(crate) struct BlockReader {
     tier: Arc<SharedTier>,
     key: String,
     body: ByteStream,
+    /// The whole block must have come by then: a tier that trickles is a failing one.
+    deadline: Instant,
     decoder: Decoder,
     ready: std::collections::VecDeque<(u64, Bytes)>,
     ended: bool,
@@ -394,13 +422,14 @@ impl BlockReader {
         }
     }
 
-    /// Reads the body once more, within [`WAIT`].
+    /// Reads the body once more, within [`WAIT`] and the block's deadline.
     async fn pull(&mut self) -> Result<(), Miss> {
-        let next = tokio::time::timeout(WAIT, self.body.next()).await;
+        let until = self.deadline.min(Instant::now() + WAIT);
+        let next = tokio::time::timeout_at(until, self.body.next()).await;
         let fed = match next {
             Err(_) => {
                 self.tier
-                    .went_wrong(&format!("no bytes within {WAIT:?} (block {})", self.key));
+                    .went_wrong(&format!("too slow: block {}", self.key));
                 return Err(Miss::Failed);
             }
             Ok(Some(Err(e))) => {
@@ -426,7 +455,7 @@ impl BlockReader {
             }
             Err(c) => {
                 self.ended = true;
-                self.tier.found_corrupt(&self.key, &c).await;
+                self.tier.found_corrupt(&self.key, &c);
                 Err(Miss::Corrupt)
             }
         }

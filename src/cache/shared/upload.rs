@@ -31,6 +31,8 @@ pub(crate) type OpenFile = Arc<dyn Fn() -> Option<Arc<File>> + Send + Sync>;
 pub(crate) struct UploadJob {
     pub version: Version,
     pub part: u64,
+    /// The tier's block was found corrupt: write over it (its delete may have failed).
+    pub replace: bool,
     pub open: OpenFile,
 }
 
@@ -64,6 +66,11 @@ async fn work(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<UploadJob>>>, tier: Weak
 async fn upload(tier: &SharedTier, job: UploadJob, mut buf: Vec<u8>) -> Vec<u8> {
     let key = job.version.block_key(&tier.cfg.prefix, job.part);
     let start = job.version.part_range(job.part).start;
+    let mode = if job.replace {
+        Put::Overwrite
+    } else {
+        Put::IfAbsent
+    };
     let (open, v, part) = (job.open, job.version, job.part);
     // Opening, reading and hashing a part takes milliseconds of disk and CPU: off the
     // runtime.
@@ -91,7 +98,7 @@ async fn upload(tier: &SharedTier, job: UploadJob, mut buf: Vec<u8>) -> Vec<u8> 
     };
     let sent = tier
         .writer
-        .put_object(&tier.cfg.bucket, &key, body.clone(), Put::IfAbsent)
+        .put_object(&tier.cfg.bucket, &key, body.clone(), mode)
         .await;
     match sent {
         Ok(true) => {
@@ -99,7 +106,7 @@ async fn upload(tier: &SharedTier, job: UploadJob, mut buf: Vec<u8>) -> Vec<u8> 
         }
         // Another host's upload of this block came first: the same bytes, fine.
         Ok(false) => debug!(%key, "shared upload: block already there"),
-        Err(e) => tier.went_wrong(&format!("upload of {key}: {e}")),
+        Err(e) => tier.upload_failed(&format!("upload of {key}: {e}")),
     }
     // The request is done with the body: take its allocation back.
     body.try_into_mut().map(Vec::from).unwrap_or_default()

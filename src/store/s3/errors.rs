@@ -21,7 +21,9 @@ where
     match (&err, status) {
         (_, Some(404)) => StoreError::NotFound(target.to_string()),
         (_, Some(403)) => StoreError::AccessDenied(msg),
-        (_, Some(412)) => StoreError::PreconditionFailed(target.to_string()),
+        // 409: a conditional PUT racing another on the same key (S3's
+        // ConditionalRequestConflict); like 412, someone else's write came first.
+        (_, Some(412) | Some(409)) => StoreError::PreconditionFailed(target.to_string()),
         (_, Some(429)) | (_, Some(503)) => StoreError::Throttled(msg),
         (_, Some(s)) if s >= 500 => StoreError::Transient(msg),
         (SdkError::DispatchFailure(_), _) if credentials_error(&err).is_some() => {
