@@ -32,8 +32,10 @@ impl Fill {
                 Ok(Some(piece)) => piece,
                 // The end of a block that checked out.
                 Ok(None) => return (pos, false),
-                // Counted and logged: the origin does the rest.
-                Err(m) => return (pos, matches!(m, Miss::Corrupt)),
+                // Counted and logged: the origin does the rest; all of it when the block
+                // was corrupt, so no byte of it stays.
+                Err(Miss::Corrupt) => return (part.start, true),
+                Err(_) => return (pos, false),
             };
             let Some(file) = self.file() else {
                 return (pos, false);

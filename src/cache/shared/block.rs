@@ -11,13 +11,15 @@
 //! ```
 //!
 //! The header holds the block's metadata (format version, origin, bucket, key, ETag,
-//! part index, offset, length, object size, the data's SHA-256 and one SHA-256 per
+//! part index, offset, length, object size, the data's SHA-256 and one CRC32 per
 //! [`CHUNK`] of it) and a SHA-256 over all of these. It travels in the body rather than
 //! in S3 user metadata, which is capped at 2 KB (keys alone can be 1 KB). The per-chunk
-//! digests let a reader land each piece as soon as it checks out instead of after the
-//! whole block (the first byte waits for 64 KiB, not for 8 MiB); since the header's
-//! checksum covers them, they verify every byte, and the whole-data SHA-256 is not
-//! computed again on reading.
+//! CRCs let a reader land each piece as soon as it checks out instead of after the whole
+//! block (the first byte waits for 64 KiB, not for 8 MiB). They are there for accidents
+//! (bit rot, a cut or misplaced body), as all these checksums are: anyone who can write
+//! the tier can write consistent ones. The body's SHA-256, sent with the PUT and asked
+//! for by the GET, is checked by the SDK as the body ends; CRC32 per piece keeps the
+//! reader from hashing every byte with SHA-256 twice.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -118,7 +120,7 @@ struct Meta {
     length: u64,
     object_size: u64,
     sha256: String,
-    chunk_sha256: Vec<String>,
+    chunk_crc32: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,7 +153,7 @@ pub fn encode_into(
         let n = CHUNK.min(len - at) as usize;
         read_at(&mut piece[..n], at)?;
         whole.update(&piece[..n]);
-        digests.push(hex::encode(Sha256::digest(&piece[..n])));
+        digests.push(crc32fast::hash(&piece[..n]));
         at += n as u64;
     }
     let header = header_bytes(v, part, len, hex::encode(whole.finalize()), digests.clone());
@@ -164,16 +166,14 @@ pub fn encode_into(
     out.resize(start + len as usize, 0);
     read_at(&mut out[start..], 0)?;
     // The bytes read the second time must be those hashed the first.
-    let again = out[start..]
-        .chunks(CHUNK as usize)
-        .map(|c| hex::encode(Sha256::digest(c)));
+    let again = out[start..].chunks(CHUNK as usize).map(crc32fast::hash);
     if !again.eq(digests) {
         return Err(std::io::Error::other("the file changed while it was read"));
     }
     Ok(())
 }
 
-fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<String>) -> Vec<u8> {
+fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<u32>) -> Vec<u8> {
     let meta = Meta {
         format: FORMAT,
         origin: v.origin.clone(),
@@ -186,7 +186,7 @@ fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<S
         length: len,
         object_size: v.object_size,
         sha256,
-        chunk_sha256: digests,
+        chunk_crc32: digests,
     };
     let check = check_of(&meta);
     serde_json::to_vec(&Header { meta, check }).unwrap_or_default()
@@ -241,6 +241,11 @@ impl Decoder {
     /// True once the header has arrived and checked out.
     pub fn has_header(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// Every data byte the header announced has been handed on.
+    pub fn complete(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| self.done == m.length)
     }
 
     /// The object size the block gives (once the header is in).
@@ -343,7 +348,7 @@ impl Decoder {
         if m.offset != want_range.start || m.length != want_range.end - want_range.start {
             return differs("offset or length");
         }
-        if m.chunk_sha256.len() as u64 != m.length.div_ceil(CHUNK) {
+        if m.chunk_crc32.len() as u64 != m.length.div_ceil(CHUNK) {
             return differs("list of digests");
         }
         Ok(())
@@ -361,9 +366,8 @@ impl Decoder {
         }
         let piece = self.buf.split_to(want).freeze();
         let i = (self.done / CHUNK) as usize;
-        let digest = hex::encode(Sha256::digest(&piece));
-        if meta.chunk_sha256.get(i) != Some(&digest) {
-            return Err(Corrupt(format!("piece {i} does not match its SHA-256")));
+        if meta.chunk_crc32.get(i) != Some(&crc32fast::hash(&piece)) {
+            return Err(Corrupt(format!("piece {i} does not match its CRC32")));
         }
         let at = meta.offset + self.done;
         self.done += piece.len() as u64;

@@ -432,6 +432,13 @@ impl BlockReader {
                     .went_wrong(&format!("too slow: block {}", self.key));
                 return Err(Miss::Failed);
             }
+            // Every byte came, and the SDK found the body's SHA-256 wrong: corrupt.
+            Ok(Some(Err(e))) if self.decoder.complete() => {
+                self.ended = true;
+                let why = Corrupt(format!("the body's S3 checksum: {e}"));
+                self.tier.found_corrupt(&self.key, &why);
+                return Err(Miss::Corrupt);
+            }
             Ok(Some(Err(e))) => {
                 self.tier.went_wrong(&e.to_string());
                 return Err(Miss::Failed);
