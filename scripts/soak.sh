@@ -193,40 +193,38 @@ say "objects (seed $SEED)"
 python3 "$REPO/scripts/soak.py" gen "$SRC_ROOT" "$BUCKET" "$OBJECTS" \
     $((MIN_KIB * 1024)) $((MAX_MIB * 1024 * 1024)) "$SEED"
 
+# start_server NAME ROOT SEED: a local S3 server serving ROOT (injecting faults seeded with
+# SEED, unless --no-faults), logging to $LOGS/NAME.log; sets STARTED_PID and STARTED_ENDPOINT.
+start_server() {
+    local args=(--root "$2" --port 0 --latency "$LATENCY")
+    if [ "$FAULTS" = 1 ]; then
+        args+=(--faults --fault-seed "$3" --fault-interval-ms "$FAULT_INTERVAL_MS")
+    fi
+    "$WORK/bin/s3server" "${args[@]}" >"$LOGS/$1.log" 2>&1 &
+    STARTED_PID=$!
+    STARTED_ENDPOINT=
+    for _ in $(seq 1 100); do
+        STARTED_ENDPOINT=$(grep -o 'http://127.0.0.1:[0-9]*' "$LOGS/$1.log" 2>/dev/null | head -1 || true)
+        [ -n "$STARTED_ENDPOINT" ] && return
+        kill -0 "$STARTED_PID" 2>/dev/null || { cat "$LOGS/$1.log" >&2; die "the $1 server exited"; }
+        sleep 0.05
+    done
+    die "the $1 server printed no endpoint (see $LOGS/$1.log)"
+}
+
 say "S3 server on 127.0.0.1"
-SERVER_ARGS=(--root "$SRC_ROOT" --port 0 --latency "$LATENCY")
-if [ "$FAULTS" = 1 ]; then
-    SERVER_ARGS+=(--faults --fault-seed "$SEED" --fault-interval-ms "$FAULT_INTERVAL_MS")
-fi
-"$WORK/bin/s3server" "${SERVER_ARGS[@]}" >"$LOGS/server.log" 2>&1 &
-SERVER_PID=$!
-ENDPOINT=
-for _ in $(seq 1 100); do
-    ENDPOINT=$(grep -o 'http://127.0.0.1:[0-9]*' "$LOGS/server.log" 2>/dev/null | head -1 || true)
-    [ -n "$ENDPOINT" ] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$LOGS/server.log" >&2; die "the server exited"; }
-    sleep 0.05
-done
-[ -n "$ENDPOINT" ] || die "the server printed no endpoint (see $LOGS/server.log)"
+start_server server "$SRC_ROOT" "$SEED"
+SERVER_PID=$STARTED_PID
+ENDPOINT=$STARTED_ENDPOINT
 echo "    $ENDPOINT$([ "$FAULTS" = 1 ] && echo ", a new fault every $FAULT_INTERVAL_MS ms")"
 
 SHARED_ARGS=()
 if [ "$SHARED" = 1 ]; then
     say "shared cache tier: a second S3 server on 127.0.0.1"
     mkdir -p "$WORK/tier/tier"
-    TIER_ARGS=(--root "$WORK/tier" --port 0 --latency "$LATENCY")
-    if [ "$FAULTS" = 1 ]; then
-        TIER_ARGS+=(--faults --fault-seed "$((SEED + 1))" --fault-interval-ms "$FAULT_INTERVAL_MS")
-    fi
-    "$WORK/bin/s3server" "${TIER_ARGS[@]}" >"$LOGS/tier.log" 2>&1 &
-    TIER_PID=$!
-    TIER=
-    for _ in $(seq 1 100); do
-        TIER=$(grep -o 'http://127.0.0.1:[0-9]*' "$LOGS/tier.log" 2>/dev/null | head -1 || true)
-        [ -n "$TIER" ] && break
-        sleep 0.05
-    done
-    [ -n "$TIER" ] || die "the tier's server printed no endpoint (see $LOGS/tier.log)"
+    start_server tier "$WORK/tier" "$((SEED + 1))"
+    TIER_PID=$STARTED_PID
+    TIER=$STARTED_ENDPOINT
     echo "    $TIER"
     SHARED_ARGS=(--shared-cache s3://tier/soak --shared-endpoint-url "$TIER")
 fi

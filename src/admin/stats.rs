@@ -304,6 +304,17 @@ impl Lines {
 mod tests {
     use super::*;
 
+    /// The report of a mount at /mnt/s3 whose `.cache-stats` is `doc`.
+    fn mount_report(doc: Value) -> Report {
+        Report {
+            origin: Origin::Mount {
+                mountpoint: "/mnt/s3".into(),
+            },
+            json: pretty(&doc),
+            doc,
+        }
+    }
+
     #[test]
     fn summary_of_a_live_mount() {
         let doc = json!({
@@ -312,14 +323,7 @@ mod tests {
             "max_entries": 200, "evictions": 2, "bytes_from_cache": 7u64 << 20,
             "bytes_from_s3": 1u64 << 20, "uptime_seconds": 3725, "errors": 0
         });
-        let r = Report {
-            origin: Origin::Mount {
-                mountpoint: "/mnt/s3".into(),
-            },
-            json: pretty(&doc),
-            doc,
-        };
-        let s = render(&r);
+        let s = render(&mount_report(doc));
         assert!(s.contains("/mnt/s3 (up 1h 2m)"), "{s}");
         assert!(s.contains("87.5% (7 hits, 1 miss)"), "{s}");
         assert!(s.contains("3.0 MiB of 500.0 MiB (1%)"), "{s}");
@@ -339,14 +343,7 @@ mod tests {
             "shared_hits": 8, "shared_misses": 1, "bytes_from_shared": 64u64 << 20,
             "shared_uploads": 1, "shared_corrupt": 1, "shared_errors": 0
         });
-        let r = Report {
-            origin: Origin::Mount {
-                mountpoint: "/mnt/s3".into(),
-            },
-            json: pretty(&doc),
-            doc,
-        };
-        let s = render(&r);
+        let s = render(&mount_report(doc));
         assert!(
             s.contains("shared tier  ok: 64.0 MiB (8 blocks, 1 miss) given, 1 block from the origin uploaded"),
             "{s}"
@@ -364,14 +361,7 @@ mod tests {
             "bytes_from_s3": 0, "uptime_seconds": 5, "errors": 2, "s3_unreachable": 1,
             "disk_full_events": 1, "corruptions": 0, "not_kept": 3, "stale_served": 4
         });
-        let r = Report {
-            origin: Origin::Mount {
-                mountpoint: "/mnt/s3".into(),
-            },
-            json: pretty(&doc),
-            doc,
-        };
-        let s = render(&r);
+        let s = render(&mount_report(doc));
         assert!(s.contains("S3           unreachable"), "{s}");
         assert!(s.contains("not kept     3"), "{s}");
         assert!(s.contains("disk full    1"), "{s}");
@@ -388,14 +378,7 @@ mod tests {
             "max_entries": 200, "evictions": 0, "bytes_from_cache": 0,
             "bytes_from_s3": 2048, "uptime_seconds": 5, "errors": 1
         });
-        let r = Report {
-            origin: Origin::Mount {
-                mountpoint: "/mnt/s3".into(),
-            },
-            json: pretty(&doc),
-            doc,
-        };
-        let s = render(&r);
+        let s = render(&mount_report(doc));
         assert!(
             s.contains("cache        off: every read goes straight to S3"),
             "{s}"

@@ -549,7 +549,8 @@ fn background_mount_returns_when_live_and_unmount_takes_it_down() {
     drop(guard);
 }
 
-struct Unmount(PathBuf);
+/// Unmounts on drop, so a failing test leaves no mount behind.
+pub struct Unmount(pub PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -559,7 +560,7 @@ impl Drop for Unmount {
     }
 }
 
-fn scopeguard(p: &Path) -> Unmount {
+pub fn scopeguard(p: &Path) -> Unmount {
     Unmount(p.to_path_buf())
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Env, pattern};
-use crate::mount::{Mount, bin, is_mounted, mount_cmd};
+use crate::mount::{Mount, Unmount, bin, is_mounted, mount_cmd};
 
 /// Runs `s3cachefs ARGS` to completion.
 fn run(args: &[&str], extra: &[&Path]) -> Output {
@@ -326,17 +326,6 @@ fn warm_says_what_does_not_fit_and_warms_without_a_mount() {
     // A bad URL is refused.
     let out = run(&["warm", "s3://", "--cache-dir"], &[&other]);
     assert!(!out.status.success());
-}
-
-/// Unmounts on drop, so a failing test leaves no mount behind.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
 }
 
 #[test]

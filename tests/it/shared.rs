@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{Env, pattern};
-use crate::mount::{Mount, bin, stat_u64, wait_until};
+use crate::mount::{Mount, bin, scopeguard, stat_u64, wait_until};
 use crate::s3server::{Kind, TestServer};
 
 const TIER_BUCKET: &str = "tier";
@@ -428,15 +428,4 @@ fn an_unusable_tier_is_reported_and_the_mount_works_without_it() {
         .expect("mount");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shared-read-only needs"));
-}
-
-/// Unmounts `mp` when dropped.
-fn scopeguard(mp: &Path) -> impl Drop + '_ {
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = bin().arg("unmount").arg(self.0).output();
-        }
-    }
-    Unmount(mp)
 }

@@ -192,25 +192,6 @@ fn header_bytes(v: &Version, part: u64, len: u64, sha256: String, digests: Vec<u
     serde_json::to_vec(&Header { meta, check }).unwrap_or_default()
 }
 
-/// The whole body of block `part` of `v`, whose bytes are `data` (the part's length).
-pub fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
-    let read = |buf: &mut [u8], at: u64| {
-        let at = at as usize;
-        match data.get(at..at + buf.len()) {
-            Some(d) => {
-                buf.copy_from_slice(d);
-                Ok(())
-            }
-            None => Err(std::io::Error::other("shorter than the part")),
-        }
-    };
-    let mut out = Vec::new();
-    match encode_into(v, part, &mut out, read) {
-        Ok(()) => Bytes::from(out),
-        Err(_) => Bytes::new(),
-    }
-}
-
 /// Why a block was not used although the tier answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("shared block does not check out: {0}")]
@@ -385,6 +366,25 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// The whole body of block `part` of `v`, whose bytes are `data` (the part's length).
+    fn encode(v: &Version, part: u64, data: &[u8]) -> Bytes {
+        let read = |buf: &mut [u8], at: u64| {
+            let at = at as usize;
+            match data.get(at..at + buf.len()) {
+                Some(d) => {
+                    buf.copy_from_slice(d);
+                    Ok(())
+                }
+                None => Err(std::io::Error::other("shorter than the part")),
+            }
+        };
+        let mut out = Vec::new();
+        match encode_into(v, part, &mut out, read) {
+            Ok(()) => Bytes::from(out),
+            Err(_) => Bytes::new(),
+        }
     }
 
     fn decode(v: &Version, part: u64, body: &[u8], step: usize) -> Result<Vec<u8>, Corrupt> {
